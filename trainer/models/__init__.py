@@ -1,0 +1,1 @@
+"""Model kinds. Every kind implements :class:`trainer.models.base.Recommender`."""
