@@ -1,0 +1,198 @@
+"""The ``movierec`` command line. Commands parse flags and delegate to plain functions.
+
+Trainer modules (torch, pandas) are imported inside the commands that need them, so ``movierec --help``
+is instant and later service commands never load torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="movierec",
+    help="Train movie recommenders on MovieLens and publish versioned artifacts for the service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+# Options shared by `train` and `evaluate` (data and split); each mirrors a TrainSettings field.
+DataOpt = Annotated[Path | None, typer.Option(help="MovieLens folder or zip, or a ratings CSV [MOVIEREC_DATA]")]
+DatasetOpt = Annotated[
+    str | None, typer.Option(help="MovieLens release to download and cache, e.g. ml-latest-small, ml-100k")
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML or YAML file of settings")]
+SplitOpt = Annotated[str | None, typer.Option(help="random | leave-last | ml100k-fold | none")]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _settings(config: Path | None, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from trainer.config import ConfigError, load_settings
+
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _metrics_table(table: dict[str, dict[str, float]], title: str) -> Table:
+    cols = ["rmse", "mae", "mse", "accuracy", "f1_weighted", "recall@10", "ndcg@10", "hr@10", "recall@20", "ndcg@20"]
+    present = [c for c in cols if any(c in row for row in table.values())]
+    t = Table(title=title)
+    t.add_column("model")
+    for c in present:
+        t.add_column(c, justify="right")
+    for name, row in table.items():
+        t.add_row(name, *[f"{row[c]:.4f}" if c in row else "" for c in present])
+    return t
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    dataset: DatasetOpt = None,
+    model: Annotated[str | None, typer.Option(help="model kind: mf")] = None,
+    split: SplitOpt = None,
+    test_fraction: Annotated[float | None, typer.Option(help="random split: share of ratings held out")] = None,
+    leave_last: Annotated[int | None, typer.Option(help="leave-last split: ratings per user held out")] = None,
+    fold: Annotated[str | None, typer.Option(help="ml100k-fold split: 1..5, a or b")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(help="share of train used for early stopping")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "--artifacts-dir", help="artifacts root folder")] = None,
+    dim: Annotated[int | None, typer.Option(help="embedding size")] = None,
+    biases: Annotated[bool | None, typer.Option("--biases/--no-biases")] = None,
+    offset: Annotated[bool | None, typer.Option("--offset/--no-offset")] = None,
+    output: Annotated[str | None, typer.Option(help="sigmoid | linear")] = None,
+    sigmoid_low: Annotated[float | None, typer.Option()] = None,
+    sigmoid_high: Annotated[float | None, typer.Option()] = None,
+    init: Annotated[str | None, typer.Option(help="uniform | normal")] = None,
+    init_scale: Annotated[float | None, typer.Option()] = None,
+    side_features: Annotated[
+        list[str] | None, typer.Option("--side-feature", help="genre and/or year (repeatable)")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam | adamw | sgd")] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    l2: Annotated[float | None, typer.Option(help="batch L2 on touched embedding rows")] = None,
+    l2_bias: Annotated[float | None, typer.Option(help="batch L2 on touched biases")] = None,
+    schedule: Annotated[str | None, typer.Option(help="onecycle | constant")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    patience: Annotated[int | None, typer.Option(help="early-stopping patience; 0 disables")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA")] = None,
+    metrics_json: Annotated[Path | None, typer.Option(help="also write the metrics here")] = None,
+) -> None:
+    """Train a model, print its metrics beside the baselines, and publish a new artifact version."""
+    overrides = dict(
+        data=data, dataset=dataset, model=model, split=split, test_fraction=test_fraction, leave_last=leave_last,
+        fold=fold, valid_fraction=valid_fraction, seed=seed, device=device, artifacts_dir=out, dim=dim,
+        biases=biases, offset=offset, output=output, sigmoid_low=sigmoid_low, sigmoid_high=sigmoid_high,
+        init=init, init_scale=init_scale, side_features=tuple(side_features) if side_features else None,
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, l2=l2, l2_bias=l2_bias, schedule=schedule,
+        epochs=epochs, batch_size=batch_size, patience=patience, amp=amp,
+    )  # fmt: skip
+    settings = _settings(config, overrides)
+    from movierec.progress import EpochProgress
+    from trainer.data.dataset import DataError
+    from trainer.pipeline import train as run_train
+
+    try:
+        with EpochProgress(console, settings.epochs) as progress:
+            result = run_train(settings, on_epoch=progress.update)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    if "test" in result.metrics:
+        console.print(_metrics_table(result.metrics["test"], f"test metrics ({settings.split} split)"))
+    console.print(
+        f"trained {result.metrics['epochs_run']} epochs in {result.train_seconds:.1f}s "
+        f"(best epoch {result.metrics['best_epoch']})"
+    )
+    if metrics_json is not None:
+        metrics_json.write_text(json.dumps(result.metrics, indent=2, default=float))
+    console.print(f"published [bold]{result.version_dir}[/]")
+
+
+@app.command()
+def evaluate(
+    artifact_dir: Annotated[Path, typer.Argument(help="a version folder, or an artifacts root (uses latest)")],
+    config: ConfigOpt = None,
+    data: DataOpt = None,
+    dataset: DatasetOpt = None,
+    split: SplitOpt = None,
+    test_fraction: Annotated[float | None, typer.Option()] = None,
+    leave_last: Annotated[int | None, typer.Option()] = None,
+    fold: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Re-score a saved model on a split (numpy only: the artifact's own prediction formula)."""
+    settings = _settings(
+        config,
+        dict(data=data, dataset=dataset, split=split, test_fraction=test_fraction, leave_last=leave_last,
+             fold=fold, seed=seed),
+    )  # fmt: skip
+    from movierec.artifacts import ArtifactError
+    from trainer.data.dataset import DataError
+    from trainer.pipeline import evaluate_artifact
+
+    try:
+        result = evaluate_artifact(artifact_dir, settings)
+    except (ArtifactError, DataError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(_metrics_table({result["version"]: result["model"]}, f"{settings.split} split"))
+    console.print(
+        f"scored {result['n_scored']} of {result['n_test']} test ratings "
+        f"({result['n_unknown']} with ids unknown to the model); same data as training: {result['same_data']}"
+    )
+
+
+@app.command()
+def synth(
+    shape: Annotated[str, typer.Option(help="ml-1m | ml-25m | ml-100k | USERSxMOVIESxRATINGS")],
+    out: Annotated[Path, typer.Option(help="folder to write (MovieLens ml-latest CSV layout)")],
+    rank: Annotated[int, typer.Option(help="rank of the planted structure")] = 8,
+    noise: Annotated[float, typer.Option(help="std of the Gaussian rating noise")] = 0.3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write a synthetic MovieLens-format dataset with planted low-rank structure."""
+    from trainer.data.dataset import DataError
+    from trainer.data.synth import generate, parse_shape, write_movielens
+
+    try:
+        n_users, n_items, n_ratings = parse_shape(shape)
+        syn = generate(n_users, n_items, n_ratings, rank=rank, noise=noise, seed=seed)
+        write_movielens(syn.data, out)
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    console.print(f"wrote {n_ratings} ratings ({n_users} users x {n_items} movies) to {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Trainer configuration: one pydantic-settings class, ``MOVIEREC_`` environment prefix.
+
+Precedence, highest first: CLI flags, environment variables, the ``--config`` file (TOML or YAML), the
+defaults here. Everything is validated before any data is read, so a typo fails in milliseconds rather than
+after a download.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+
+from trainer.models.mf import MFParams
+from trainer.training import OptimConfig
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the file or field."""
+
+
+class TrainSettings(BaseSettings):
+    """Everything `movierec train` needs; each field is also a CLI flag and a MOVIEREC_<FIELD> variable."""
+
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="forbid", validate_assignment=True)
+
+    # data
+    data: Path | None = Field(None, description="MovieLens folder or zip, or a ratings CSV")
+    dataset: str | None = Field(None, description="MovieLens release to download, e.g. ml-latest-small")
+    cache_dir: Path = Field(Path.home() / ".cache" / "movierec", description="download cache")
+    split: Literal["random", "leave-last", "ml100k-fold", "none"] = "random"
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    leave_last: int = Field(1, ge=1, description="ratings per user held out by the temporal split")
+    fold: str = Field("1", pattern=r"^[1-5ab]$", description="ml-100k official fold: 1..5, a or b")
+    valid_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of train kept for early stopping")
+
+    # run
+    model: str = "mf"
+    seed: int = 42
+    device: str = "auto"
+    artifacts_dir: Path = Path("artifacts")
+    ks: tuple[int, ...] = (10, 20)
+    relevance_threshold: float = 4.0
+
+    # biased MF
+    dim: int = Field(64, ge=1, le=4096)
+    biases: bool = True
+    offset: bool = True
+    output: Literal["sigmoid", "linear"] = "sigmoid"
+    sigmoid_low: float | None = None
+    sigmoid_high: float | None = None
+    init: Literal["uniform", "normal"] = "uniform"
+    init_scale: float = Field(0.05, gt=0.0)
+    side_features: tuple[Literal["genre", "year"], ...] = ()
+
+    # optimisation
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    l2: float = Field(0.15, ge=0.0)
+    l2_bias: float = Field(0.0, ge=0.0)
+    schedule: Literal["onecycle", "constant"] = "onecycle"
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    patience: int = Field(3, ge=0)
+    amp: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSettings:
+        if self.sigmoid_low is not None and self.sigmoid_high is not None and self.sigmoid_high <= self.sigmoid_low:
+            raise ValueError(f"sigmoid_high ({self.sigmoid_high}) must exceed sigmoid_low ({self.sigmoid_low})")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive, got {self.ks}")
+        return self
+
+    def mf_params(self) -> MFParams:
+        return MFParams(
+            dim=self.dim,
+            biases=self.biases,
+            offset=self.offset,
+            output=self.output,
+            sigmoid_low=self.sigmoid_low,
+            sigmoid_high=self.sigmoid_high,
+            init=self.init,
+            init_scale=self.init_scale,
+            side_features=tuple(self.side_features),
+            optim=OptimConfig(
+                optimizer=self.optimizer,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                l2=self.l2,
+                l2_bias=self.l2_bias,
+                schedule=self.schedule,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                patience=self.patience,
+                amp=self.amp,
+            ),
+        )
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML or YAML config; keys are settings fields (dashes allowed), optionally under [train]."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            values: Any = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: unsupported extension (use .toml, .yaml or .yml)")
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a table of settings at the top level")
+    if "train" in values and isinstance(values["train"], dict):
+        values = values["train"]
+    return {str(k).replace("-", "_"): v for k, v in values.items()}
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> TrainSettings:
+    """Build settings with CLI ``overrides`` (None values ignored) > env > config file > defaults."""
+    file_values = read_config_file(config) if config is not None else {}
+    cli = {k: v for k, v in overrides.items() if v is not None}
+
+    class _Settings(TrainSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values))
+
+    try:
+        built = _Settings(**cli)
+    except ValidationError as exc:
+        where = f" (config file {config})" if config is not None else ""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings{where}: {problems}") from exc
+    return TrainSettings.model_construct(**built.model_dump())

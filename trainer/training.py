@@ -1,0 +1,197 @@
+"""The epoch loop shared by the gradient-trained models.
+
+Ratings live on the device as three tensors; an epoch is one permutation and a sequence of large index
+slices of it, so there is no per-rating Python and no DataLoader. The loop returns per-epoch metrics and
+leaves the best weights (by validation RMSE) in the model when early stopping is on.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainer import losses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    lr: float = 5e-3
+    weight_decay: float = 0.0  # decoupled (AdamW) / coupled (Adam, SGD) decay on every parameter
+    l2: float = 0.05  # batch L2 on the embedding rows a batch touched
+    l2_bias: float = 0.0  # batch L2 on the bias entries a batch touched
+    schedule: str = "onecycle"  # onecycle | constant
+    epochs: int = 20
+    batch_size: int = 2048
+    patience: int = 3  # early stopping: epochs without validation improvement; 0 disables
+    momentum: float = 0.9  # SGD only
+    amp: bool = False  # bfloat16 autocast on CUDA
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_rmse: float
+    valid_rmse: float | None
+    valid_loss: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class History:
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def as_dicts(self) -> list[dict[str, float | int | None]]:
+        return [vars(e).copy() for e in self.epochs]
+
+
+@dataclass(frozen=True)
+class RatingTensors:
+    """(users, items, ratings) on the training device."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    ratings: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, users, items, ratings, device: torch.device) -> RatingTensors:  # type: ignore[no-untyped-def]
+        return cls(
+            torch.as_tensor(users, dtype=torch.long, device=device),
+            torch.as_tensor(items, dtype=torch.long, device=device),
+            torch.as_tensor(ratings, dtype=torch.float32, device=device),
+        )
+
+    def __len__(self) -> int:
+        return int(self.ratings.shape[0])
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+    name = cfg.optimizer.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adam, adamw or sgd")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):  # type: ignore[no-untyped-def]
+    if cfg.schedule == "constant":
+        return None
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=max(1, steps_per_epoch)
+        )
+    raise ValueError(f"unknown schedule {cfg.schedule!r}; expected onecycle or constant")
+
+
+@torch.no_grad()
+def evaluate_rmse(model: nn.Module, data: RatingTensors, batch_size: int = 65536) -> float:
+    """RMSE of model(users, items) over a whole tensor set, in batches to bound memory."""
+    model.eval()
+    sse = torch.zeros((), dtype=torch.float64, device=data.ratings.device)
+    for start in range(0, len(data), batch_size):
+        sl = slice(start, start + batch_size)
+        pred = model(data.users[sl], data.items[sl]).float()
+        sse += ((pred - data.ratings[sl]) ** 2).sum(dtype=torch.float64)
+    return math.sqrt(float(sse) / max(1, len(data)))
+
+
+def fit(
+    model: nn.Module,
+    train: RatingTensors,
+    cfg: OptimConfig,
+    valid: RatingTensors | None = None,
+    generator: torch.Generator | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> History:
+    """Train ``model`` (which must expose ``raw`` and ``transform``) and return per-epoch metrics.
+
+    Loss = MSE + l2 * batch-L2(embedding rows) + l2_bias * batch-L2(bias entries). With a validation set
+    and ``patience > 0`` the best epoch's weights are restored at the end.
+    """
+    device = train.ratings.device
+    n = len(train)
+    if n == 0:
+        raise ValueError("cannot train on an empty ratings set")
+    steps = math.ceil(n / cfg.batch_size)
+    opt = make_optimizer(model.parameters(), cfg)
+    sched = make_scheduler(opt, cfg, steps)
+    use_amp = cfg.amp and device.type == "cuda"
+    history = History()
+    best_rmse = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best = 0
+
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=generator).to(device)
+        total_loss = torch.zeros((), device=device, dtype=torch.float64)
+        total_sse = torch.zeros((), device=device, dtype=torch.float64)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            users, items, target = train.users[idx], train.items[idx], train.ratings[idx]
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                raw, touched = model.raw(users, items)
+                pred = model.transform(raw).float()
+            err = losses.mse(pred, target)
+            loss = err
+            if cfg.l2:
+                loss = loss + cfg.l2 * losses.batch_l2(touched["user"], touched["item"])
+            if cfg.l2_bias and "user_bias" in touched:
+                loss = loss + cfg.l2_bias * losses.batch_l2(touched["user_bias"], touched["item_bias"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            k = idx.shape[0]
+            total_loss += loss.detach().double() * k
+            total_sse += err.detach().double() * k
+        train_loss = float(total_loss) / n
+        train_rmse = math.sqrt(float(total_sse) / n)
+        valid_rmse = evaluate_rmse(model, valid) if valid is not None and len(valid) else None
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_rmse=train_rmse,
+            valid_rmse=valid_rmse,
+            valid_loss=valid_rmse**2 if valid_rmse is not None else None,
+            lr=float(opt.param_groups[0]["lr"]),
+            seconds=time.perf_counter() - t0,
+        )
+        history.epochs.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
+        if valid_rmse is not None and cfg.patience > 0:
+            if valid_rmse < best_rmse - 1e-6:
+                best_rmse, since_best, history.best_epoch = valid_rmse, 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    history.stopped_early = True
+                    log.info("early stop at epoch %d; best epoch %s", epoch, history.best_epoch)
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    elif history.epochs:
+        history.best_epoch = history.epochs[-1].epoch
+    return history
