@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.shared_data import shared_movielens
 from trainer.data.dataset import DataError, RatingScale
 from trainer.data.features import genres_multi_hot, parse_year, parse_years, strip_year
 from trainer.data.movielens import ML100K_GENRES, load_dataset, load_movielens, load_ratings_csv
-
-
-def shared_movielens() -> Path:
-    """The real MovieLens files: beside the repo, else $MOVIEREC_SHARED_DATA; missing is a failure."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/data/movielens"]
-    if os.environ.get("MOVIEREC_SHARED_DATA"):
-        candidates.append(Path(os.environ["MOVIEREC_SHARED_DATA"]))
-    for candidate in candidates:
-        if (candidate / "MANIFEST.md").is_file():
-            return candidate
-    pytest.fail(
-        "real MovieLens data not found at "
-        + " or ".join(str(c) for c in candidates)
-        + "; set MOVIEREC_SHARED_DATA to the folder holding ml-100k/ and ml-latest-small/"
-    )
-
 
 # ---------------------------------------------------------------------------------------------- features
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -12,22 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.shared_data import shared_movielens
 from trainer.data.dataset import DataError, RatingScale, RatingsData
 from trainer.data.movielens import load_movielens
 from trainer.data.splits import leave_last_n, ml100k_fold, random_holdout, validation_split
-
-
-def shared_movielens() -> Path:
-    """The real MovieLens files: beside the repo, else $MOVIEREC_SHARED_DATA; missing is a failure."""
-    candidates = [Path(__file__).resolve().parents[2] / "shared/data/movielens"]
-    if os.environ.get("MOVIEREC_SHARED_DATA"):
-        candidates.append(Path(os.environ["MOVIEREC_SHARED_DATA"]))
-    for candidate in candidates:
-        if (candidate / "MANIFEST.md").is_file():
-            return candidate
-    pytest.fail(
-        "real MovieLens data not found at " + " or ".join(map(str, candidates)) + "; set MOVIEREC_SHARED_DATA"
-    )
 
 
 def make_data(users: list[int], items: list[int], timestamps: list[int] | None = None) -> RatingsData:
