@@ -98,7 +98,7 @@ def train(
     l2_bias: Annotated[float | None, typer.Option(help="batch L2 on touched biases")] = None,
     schedule: Annotated[str | None, typer.Option(help="onecycle | constant")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option(help="0 = auto (1024 on small data, ~256 steps/epoch)")] = None,
     patience: Annotated[int | None, typer.Option(help="early-stopping patience; 0 disables")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="also write the metrics here")] = None,

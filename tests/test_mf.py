@@ -91,3 +91,36 @@ def test_config_file_and_precedence(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError, match="dimm"):
         load_settings(None, dimm=3)
+
+
+@pytest.mark.parametrize(
+    ("requested", "n", "expected"),
+    [
+        (0, 80_000, 1024),  # ml-100k / ml-latest-small: the tuned batch
+        (0, 900_000, 4096),  # ml-1m: about 256 steps per epoch
+        (0, 22_500_000, 65536),  # ml-25m: capped
+        (0, 10, 1024),
+        (512, 900_000, 512),  # an explicit size always wins
+    ],
+)
+def test_auto_batch_size(requested, n, expected):
+    from trainer.training import resolve_batch_size
+
+    assert resolve_batch_size(requested, n) == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_matches_cpu_quality(planted):
+    data = planted.data
+    mask = np.random.default_rng(0).random(len(data)) < 0.1
+    tr, te = data.subset(~mask), data.subset(mask)
+    rmses = {}
+    for dev, amp in (("cpu", False), ("cuda", False), ("cuda", True)):
+        params = MFParams(dim=16, optim=OptimConfig(epochs=30, l2=0.02, lr=1e-2, batch_size=1024, patience=0, amp=amp))
+        model = MFModel(params, torch.device(dev), torch.Generator().manual_seed(0))
+        model.fit(tr)
+        assert next(model.module.parameters()).device.type == dev
+        rmses[(dev, amp)] = float(np.sqrt(np.mean((model.predict(te.users, te.items) - te.ratings) ** 2)))
+    assert abs(rmses[("cuda", False)] - rmses[("cpu", False)]) < 0.02, rmses
+    assert abs(rmses[("cuda", True)] - rmses[("cpu", False)]) < 0.05, rmses

@@ -64,7 +64,7 @@ class TrainSettings(BaseSettings):
     l2_bias: float = Field(0.0, ge=0.0)
     schedule: Literal["onecycle", "constant"] = "onecycle"
     epochs: int = Field(25, ge=1)
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(0, ge=0, description="0 = auto: 1024 up to ~256k ratings, then ~256 steps/epoch")
     patience: int = Field(3, ge=0)
     amp: bool = False
 

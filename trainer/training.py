@@ -31,7 +31,7 @@ class OptimConfig:
     l2_bias: float = 0.0  # batch L2 on the bias entries a batch touched
     schedule: str = "onecycle"  # onecycle | constant
     epochs: int = 20
-    batch_size: int = 2048
+    batch_size: int = 0  # 0 = auto: see resolve_batch_size
     patience: int = 3  # early stopping: epochs without validation improvement; 0 disables
     momentum: float = 0.9  # SGD only
     amp: bool = False  # bfloat16 autocast on CUDA
@@ -99,6 +99,26 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch
     raise ValueError(f"unknown schedule {cfg.schedule!r}; expected onecycle or constant")
 
 
+AUTO_BATCH_MIN = 1024
+AUTO_BATCH_MAX = 65536
+AUTO_STEPS_PER_EPOCH = 256
+
+
+def resolve_batch_size(batch_size: int, n: int) -> int:
+    """The batch size an epoch uses; ``0`` picks one from the data size.
+
+    Why auto: per-step cost on a CPU is dominated by fixed overhead (kernel dispatch, the dense optimizer
+    step over whole embedding tables), not by the batch, so a fixed small batch that suits ml-100k makes
+    ml-25m take hours per epoch. Auto keeps 1024 (the tuned value) up to ~256k ratings and beyond that
+    grows the batch, as a power of two, so an epoch is about 256 steps, capped at 65,536 rows.
+    """
+    if batch_size > 0:
+        return batch_size
+    target = max(1, n // AUTO_STEPS_PER_EPOCH)
+    size = 1 << max(0, round(math.log2(target)))
+    return int(min(max(size, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
+
+
 @torch.no_grad()
 def evaluate_rmse(model: nn.Module, data: RatingTensors, batch_size: int = 65536) -> float:
     """RMSE of model(users, items) over a whole tensor set, in batches to bound memory."""
@@ -128,7 +148,9 @@ def fit(
     n = len(train)
     if n == 0:
         raise ValueError("cannot train on an empty ratings set")
-    steps = math.ceil(n / cfg.batch_size)
+    batch_size = resolve_batch_size(cfg.batch_size, n)
+    log.info("training on %d ratings in batches of %d on %s", n, batch_size, device)
+    steps = math.ceil(n / batch_size)
     opt = make_optimizer(model.parameters(), cfg)
     sched = make_scheduler(opt, cfg, steps)
     use_amp = cfg.amp and device.type == "cuda"
@@ -143,8 +165,8 @@ def fit(
         perm = torch.randperm(n, generator=generator).to(device)
         total_loss = torch.zeros((), device=device, dtype=torch.float64)
         total_sse = torch.zeros((), device=device, dtype=torch.float64)
-        for start in range(0, n, cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
             users, items, target = train.users[idx], train.items[idx], train.ratings[idx]
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 raw, touched = model.raw(users, items)
