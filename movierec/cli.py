@@ -15,12 +15,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from movierec.cli_db import db_app
+
 app = typer.Typer(
     name="movierec",
     help="Train movie recommenders on MovieLens and publish versioned artifacts for the service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(db_app, name="db")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -102,6 +105,12 @@ def train(
     patience: Annotated[int | None, typer.Option(help="early-stopping patience; 0 disables")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="also write the metrics here")] = None,
+    from_db: Annotated[
+        bool | None, typer.Option("--from-db", help="train on the SQL store instead of files [MOVIEREC_FROM_DB]")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="store URL for --from-db [MOVIEREC_DATABASE_URL, default sqlite:///movierec.db]")
+    ] = None,
 ) -> None:
     """Train a model, print its metrics beside the baselines, and publish a new artifact version."""
     overrides = dict(
@@ -110,7 +119,7 @@ def train(
         biases=biases, offset=offset, output=output, sigmoid_low=sigmoid_low, sigmoid_high=sigmoid_high,
         init=init, init_scale=init_scale, side_features=tuple(side_features) if side_features else None,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, l2=l2, l2_bias=l2_bias, schedule=schedule,
-        epochs=epochs, batch_size=batch_size, patience=patience, amp=amp,
+        epochs=epochs, batch_size=batch_size, patience=patience, amp=amp, from_db=from_db, database_url=database_url,
     )  # fmt: skip
     settings = _settings(config, overrides)
     from movierec.progress import EpochProgress

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.config import DEFAULT_DATABASE_URL
 from trainer.models.mf import MFParams
 from trainer.training import OptimConfig
 
@@ -36,6 +37,8 @@ class TrainSettings(BaseSettings):
     leave_last: int = Field(1, ge=1, description="ratings per user held out by the temporal split")
     fold: str = Field("1", pattern=r"^[1-5ab]$", description="ml-100k official fold: 1..5, a or b")
     valid_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="share of train kept for early stopping")
+    from_db: bool = Field(False, description="train on the SQL store (database_url) instead of files")
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="store URL: sqlite:///PATH or postgresql://")
 
     # run
     model: str = "mf"

@@ -40,7 +40,25 @@ class TrainResult:
 
 
 def load_data(settings: TrainSettings) -> tuple[RatingsData, Path]:
-    """Resolve ``--data`` / ``MOVIEREC_DATA`` / ``--dataset`` to a path and load it."""
+    """Resolve ``--data`` / ``MOVIEREC_DATA`` / ``--dataset`` to a path and load it, or read the store.
+
+    With ``from_db`` the ratings come from the SQL store at ``database_url``; the path returned then only
+    names the database (no split reads files except ml100k-fold, which is refused up front).
+    """
+    if settings.from_db:
+        from service.store.database import make_engine, mask_url
+        from trainer.data.store import read_from_store
+
+        if settings.split == "ml100k-fold":
+            raise DataError(
+                "--split ml100k-fold reads the official u1.base/u1.test files and cannot run on --from-db; "
+                "use --split random or leave-last, or train on the ml-100k files with --data PATH"
+            )
+        engine = make_engine(settings.database_url)
+        try:
+            return read_from_store(engine), Path(mask_url(engine.url))
+        finally:
+            engine.dispose()
     path = resolve_data(settings.dataset, settings.data, settings.cache_dir)
     return load_dataset(path), path
 

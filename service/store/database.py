@@ -1,0 +1,116 @@
+"""Engines, sessions and the health check of the store.
+
+Two back ends: SQLite (a file, for a laptop or a single-node deployment) and PostgreSQL through psycopg 3.
+URLs are given as users write them (``sqlite:///movierec.db``, ``postgresql://user:pw@host/db``) and
+normalised here, so the rest of the code never cares which driver is behind them.
+
+The schema belongs to Alembic: :func:`service.store.migrations.upgrade` runs the migrations to head,
+programmatically (no ``alembic.ini`` needed), and is the only thing that creates or alters tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+logger = logging.getLogger(__name__)
+
+#: How long a SQLite writer waits for another one's lock before "database is locked" (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Seconds a PostgreSQL connection attempt may take before failing (unless the URL sets connect_timeout).
+PG_CONNECT_TIMEOUT_S = 10
+
+
+class StoreError(ValueError):
+    """A database URL that cannot be used, or a store whose schema is missing; the message says which."""
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL with the driver this project uses: pysqlite or psycopg 3.
+
+    ``postgresql://`` and ``postgres://`` become ``postgresql+psycopg://``; ``sqlite://`` stays (pysqlite).
+    Other schemes and drivers raise :class:`StoreError` naming the accepted forms.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError as exc:
+        raise StoreError(
+            f"database URL {mask_url(str(url))!r} cannot be parsed; expected sqlite:///PATH or "
+            "postgresql://USER@HOST:PORT/DB"
+        ) from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if backend == "sqlite" and driver in ("", "pysqlite"):
+        return parsed
+    raise StoreError(
+        f"unsupported database URL {mask_url(parsed)!r}: use sqlite:///PATH, postgresql://... or "
+        "postgresql+psycopg://..."
+    )
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable database URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (see :func:`normalize_url`), tuned for a multi-threaded API process.
+
+    SQLite: ``check_same_thread=False`` (connections move between the server's threads), WAL journal mode
+    (readers never block the writer), a busy timeout so that concurrent writers wait instead of failing,
+    and foreign keys enforced like on PostgreSQL.  An in-memory database uses one shared connection.
+    PostgreSQL: ``pool_pre_ping`` so that connections the server dropped are replaced transparently, and
+    a connect timeout so that an unreachable server fails fast.  ``kwargs`` go to ``create_engine``.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        memory = parsed.database in (None, "", ":memory:")
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        options: dict[str, Any] = {"connect_args": connect_args}
+        if memory:
+            options["poolclass"] = StaticPool
+        options.update(kwargs)
+        engine = create_engine(parsed, **options)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    options = {"pool_pre_ping": True, "connect_args": connect_args}
+    options.update(kwargs)
+    return create_engine(parsed, **options)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_MS)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")  # safe with WAL; fsync at checkpoints only
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine`` whose objects stay readable after commit (``expire_on_commit=False``)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def ping(engine: Engine) -> bool:
+    """True when the database answers ``SELECT 1``; False on any database error (for ``/ready``)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(1)).scalar() == 1
+    except (SQLAlchemyError, OSError) as exc:
+        logger.warning("database %s is not reachable: %s", mask_url(engine.url), exc)
+        return False
