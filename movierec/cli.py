@@ -64,9 +64,7 @@ def _metrics_table(table: dict[str, dict[str, float]], title: str) -> Table:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 @app.command()
@@ -175,6 +173,69 @@ def evaluate(
         f"scored {result['n_scored']} of {result['n_test']} test ratings "
         f"({result['n_unknown']} with ids unknown to the model); same data as training: {result['same_data']}"
     )
+
+
+def _service_settings(overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from service.config import ServiceSettings
+
+    try:
+        return ServiceSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid service settings: {problems}")
+
+
+HostOpt = Annotated[str | None, typer.Option(help="bind address [MOVIEREC_HOST, default 127.0.0.1]")]
+PortOpt = Annotated[int | None, typer.Option(help="port [MOVIEREC_PORT, default 8000]")]
+WorkersOpt = Annotated[int | None, typer.Option(help="uvicorn worker processes [MOVIEREC_WORKERS]")]
+ArtifactsOpt = Annotated[
+    Path | None, typer.Option("--artifacts-dir", help="artifacts root to serve [MOVIEREC_ARTIFACTS_DIR]")
+]
+DatabaseOpt = Annotated[str | None, typer.Option(help="SQLAlchemy URL of the store [MOVIEREC_DATABASE_URL]")]
+
+
+@app.command()
+def serve(
+    host: HostOpt = None,
+    port: PortOpt = None,
+    workers: WorkersOpt = None,
+    artifacts_dir: ArtifactsOpt = None,
+    database_url: DatabaseOpt = None,
+    index: Annotated[str | None, typer.Option(help="flat (exact) | hnsw (approximate) [MOVIEREC_INDEX]")] = None,
+) -> None:
+    """Serve the latest artifact version over HTTP (migrates the store's schema first)."""
+    settings = _service_settings(
+        dict(host=host, port=port, workers=workers, artifacts_dir=artifacts_dir, database_url=database_url, index=index)
+    )
+    from service.server import serve as run_server
+
+    run_server(settings)
+
+
+@app.command()
+def up(
+    data: DataOpt = None,
+    dataset: DatasetOpt = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="generated ml-100k-shaped data, no download")] = False,
+    host: HostOpt = None,
+    port: PortOpt = None,
+    workers: WorkersOpt = None,
+    artifacts_dir: ArtifactsOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Load the data into the store, train a default model if none is published, and serve it."""
+    settings = _service_settings(
+        dict(host=host, port=port, workers=workers, artifacts_dir=artifacts_dir, database_url=database_url)
+    )
+    from movierec.up import up as run_up
+    from trainer.data.dataset import DataError
+
+    try:
+        run_up(settings, data=data, dataset=dataset, synthetic=synthetic)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 @app.command()

@@ -116,6 +116,8 @@ def export_arrays(model: Recommender, seen: RatingsData) -> tuple[dict[str, np.n
     """Model arrays plus the dataset metadata the service needs (ids, already-rated CSR, titles...)."""
     exported = model.export()
     indptr, indices = seen.user_item_csr()
+    counts = np.bincount(seen.items, minlength=seen.n_items)
+    sums = np.bincount(seen.items, weights=seen.ratings.astype(np.float64), minlength=seen.n_items)
     arrays = dict(exported.arrays)
     arrays.update(
         user_ids=_id_array(seen.user_ids),
@@ -125,6 +127,9 @@ def export_arrays(model: Recommender, seen: RatingsData) -> tuple[dict[str, np.n
         item_titles=np.asarray(seen.item_titles).astype(str),
         item_years=np.asarray(seen.item_years, dtype=np.int16),
         item_genres=np.asarray(seen.item_genres, dtype=np.uint8),
+        # Per-movie training statistics: the service's cold-start popularity (damped mean) needs them.
+        item_rating_count=counts.astype(np.int64),
+        item_rating_mean=np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32),
     )
     fields = {
         "global_offset": exported.global_offset,

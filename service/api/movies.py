@@ -1,0 +1,74 @@
+"""``GET /movies/{movie_id}`` and ``GET /movies/{movie_id}/similar``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.api.recommendations import genre_filter
+from service.api.store_access import in_session, store_unavailable
+from service.deps import KDep, ModelDep, SessionsDep
+from service.schemas import Error, MovieDetail, Similarity, SimilarMovie, SimilarMovies
+from service.store import repository
+
+router = APIRouter(prefix="/movies", tags=["movies"])
+MovieIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
+
+
+@router.get("/{movie_id}", response_model=MovieDetail, responses={404: {"model": Error}})
+async def get_movie(movie_id: MovieIdPath, model: ModelDep, sessions: SessionsDep) -> MovieDetail:
+    """A movie from the model's catalogue, else from the store (a movie added after training)."""
+    code = model.items.code(movie_id)
+    if code is not None:
+        art = model.artifact
+        count = art.arrays.get("item_rating_count")
+        mean = art.arrays.get("item_rating_mean")
+        return MovieDetail(
+            **model.movie_info(code),
+            in_model=True,
+            rating_count=int(count[code]) if count is not None else None,
+            mean_rating=float(mean[code]) if mean is not None and count is not None and count[code] else None,
+        )
+    try:
+        row = await in_session(sessions, lambda s: repository.get_movie(s, movie_id))
+    except SQLAlchemyError as e:
+        raise store_unavailable(e) from e
+    if row is None:
+        raise HTTPException(404, f"movie {movie_id} not found")
+    return MovieDetail(
+        movie_id=row.movie_id,
+        title=row.title,
+        year=row.year,
+        genres=[g for g in row.genres.split("|") if g],
+        in_model=False,
+    )
+
+
+@router.get(
+    "/{movie_id}/similar",
+    response_model=SimilarMovies,
+    responses={404: {"model": Error}, 422: {"model": Error}},
+)
+async def similar(
+    movie_id: MovieIdPath,
+    model: ModelDep,
+    k: KDep,
+    similarity: Similarity = "cosine",
+    genre: str | None = None,
+) -> SimilarMovies:
+    """Nearest movies by cosine or dot product of the movie embeddings; the movie itself is excluded."""
+    code = model.items.code(movie_id)
+    if code is None:
+        raise HTTPException(404, f"movie {movie_id} not found in the model")
+    found = model.index.similar(code, k, similarity, allowed=genre_filter(model, genre))
+    return SimilarMovies(
+        movie_id=movie_id,
+        model_version=model.version,
+        similarity=similarity,
+        items=[
+            SimilarMovie(**model.movie_info(int(c)), score=float(s))
+            for c, s in zip(found.codes, found.scores, strict=True)
+        ],
+    )

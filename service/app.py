@@ -1,0 +1,60 @@
+"""The FastAPI application factory. Nothing is loaded at import: the model and the store connect in the
+lifespan, so importing this module (tests, tooling, ``--help``) is cheap and side-effect free.
+
+Run with ``movierec serve`` or ``uvicorn service.app:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from movierec import __version__
+from service import errors
+from service.api import health, movies, predict, recommendations, users
+from service.config import ServiceSettings
+from service.metrics import Metrics, MetricsMiddleware
+from service.reloader import ModelHolder
+from service.store.database import make_engine, session_factory
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the app; settings are validated here (from ``MOVIEREC_*`` when not given)."""
+    settings = settings or ServiceSettings()
+    holder = ModelHolder(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.retrieval import configure_faiss_threads
+
+        configure_faiss_threads(1)  # requests run concurrently; one FAISS thread each avoids oversubscription
+        engine = make_engine(settings.database_url)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        holder.reload()  # a missing or broken model is not fatal: /ready says 503 until one loads
+        holder.start_polling()
+        try:
+            yield
+        finally:
+            holder.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="movierec",
+        version=__version__,
+        description="Movie recommendations, rating predictions and similar movies from trained embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.holder = holder
+    app.state.metrics = Metrics(holder.metrics_state)
+    errors.install(app)
+    for module in (recommendations, predict, movies, users, health):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
