@@ -1,4 +1,4 @@
-# Two entry points, both self-contained: `make train` and `make test`.
+# Two entry points, both self-contained: `make up` (the main job) and `make test` (every test).
 PY ?= python3
 VENV ?= .venv
 SHARED ?= ../shared/data/movielens
@@ -14,10 +14,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+up: setup
+	$(VENV)/bin/movierec up --data $(DATA)
+
 train: setup
 	$(VENV)/bin/movierec train --data $(DATA) --out artifacts
 
 test: setup
 	$(VENV)/bin/python -m pytest
 
-.PHONY: setup train test
+.PHONY: setup up train test

@@ -15,6 +15,7 @@ from service.config import ServiceSettings
 log = logging.getLogger(__name__)
 
 SYNTHETIC_SHAPE = "ml-100k"
+DEFAULT_DATASET = "ml-latest-small"
 
 
 def synthetic_data(cache_dir: Path) -> Path:
@@ -40,14 +41,24 @@ def up(
     from service.store.database import make_engine
     from service.store.migrations import upgrade
     from trainer.config import load_settings
-    from trainer.data.download import resolve_data
+    from trainer.data.dataset import DataError
+    from trainer.data.download import DATA_ENV, resolve_data
     from trainer.data.movielens import load_dataset
     from trainer.data.store import load_into_store
     from trainer.pipeline import train
 
     settings = load_settings(None, data=data, dataset=dataset, cache_dir=cache_dir,
                              artifacts_dir=service.artifacts_dir, database_url=service.database_url)  # fmt: skip
-    path = synthetic_data(settings.cache_dir) if synthetic else resolve_data(dataset, data, settings.cache_dir)
+    if synthetic:
+        path = synthetic_data(settings.cache_dir)
+    else:
+        import os
+
+        named = dataset or (None if data is not None or os.environ.get(DATA_ENV) else DEFAULT_DATASET)
+        try:
+            path = resolve_data(named, data, settings.cache_dir)
+        except DataError as e:
+            raise DataError(f"{e}; or run `movierec up --synthetic` on generated data") from e
     ratings = load_dataset(path)
     upgrade(service.database_url)
     engine = make_engine(service.database_url)

@@ -36,13 +36,14 @@ def make_settings(art_dir: Path, db_url: str, **kw) -> ServiceSettings:
 
 
 @pytest.fixture
-def store_url(tmp_path, trained):
-    """A migrated SQLite store holding the training data (what `movierec db load` produces)."""
+def store_url(db_url, trained):
+    """A migrated store holding the training data (what `movierec db load` produces), on SQLite and on
+    the real PostgreSQL (``db_url`` is parametrized over both), so every API test runs on each."""
     from service.store.database import make_engine
     from service.store.migrations import upgrade
     from trainer.data.store import load_into_store
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+    url = db_url
     upgrade(url)
     engine = make_engine(url)
     load_into_store(load_dataset(trained[0]), engine)
