@@ -41,6 +41,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _int_list(value: str | None, flag: str) -> tuple[int, ...] | None:
+    """``"256,128"`` -> (256, 128); ``""`` or ``"none"`` -> (); None (flag not given) stays None."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if parts in ([], ["none"]):
+        return ()
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        _fail(f"{flag} takes comma-separated integers, got {value!r}")
+        raise
+
+
 def _settings(config: Path | None, overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
     from trainer.config import ConfigError, load_settings
 
@@ -72,7 +86,7 @@ def train(
     config: ConfigOpt = None,
     data: DataOpt = None,
     dataset: DatasetOpt = None,
-    model: Annotated[str | None, typer.Option(help="model kind: mf")] = None,
+    model: Annotated[str | None, typer.Option(help="model kind: mf | softmax | sequence")] = None,
     split: SplitOpt = None,
     test_fraction: Annotated[float | None, typer.Option(help="random split: share of ratings held out")] = None,
     leave_last: Annotated[int | None, typer.Option(help="leave-last split: ratings per user held out")] = None,
@@ -103,6 +117,31 @@ def train(
     patience: Annotated[int | None, typer.Option(help="early-stopping patience; 0 disables")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA")] = None,
     metrics_json: Annotated[Path | None, typer.Option(help="also write the metrics here")] = None,
+    # softmax
+    softmax_hidden: Annotated[
+        str | None, typer.Option(help="softmax tower hidden widths, comma-separated, e.g. 256,128; '' = none")
+    ] = None,
+    softmax_input_dim: Annotated[int | None, typer.Option(help="softmax input embedding size; 0 = dim")] = None,
+    softmax_tied: Annotated[
+        bool | None, typer.Option("--softmax-tied/--no-softmax-tied", help="share input and output embeddings")
+    ] = None,
+    softmax_weighting: Annotated[str | None, typer.Option(help="softmax bag average: mean | rating")] = None,
+    softmax_input_fraction: Annotated[
+        float | None, typer.Option(help="softmax: share of each user's ratings used as input per epoch")
+    ] = None,
+    softmax_target_weighting: Annotated[
+        str | None, typer.Option(help="softmax loss: target (each target once) | user (each user once)")
+    ] = None,
+    softmax_temperature: Annotated[float | None, typer.Option(help="softmax logit temperature")] = None,
+    softmax_dropout: Annotated[float | None, typer.Option(help="softmax tower dropout")] = None,
+    softmax_sampled: Annotated[
+        int | None, typer.Option(help="softmax: 0 = full softmax, N = N sampled negatives (log-Q corrected)")
+    ] = None,
+    softmax_sample_alpha: Annotated[float | None, typer.Option(help="softmax negatives ~ count ** alpha")] = None,
+    softmax_calibration_reg: Annotated[
+        float | None, typer.Option(help="softmax rating map: ridge on the user bias")
+    ] = None,
+    # end softmax
     from_db: Annotated[
         bool | None, typer.Option("--from-db", help="train on the SQL store instead of files [MOVIEREC_FROM_DB]")
     ] = None,
@@ -118,6 +157,13 @@ def train(
         init=init, init_scale=init_scale, side_features=tuple(side_features) if side_features else None,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, l2=l2, l2_bias=l2_bias, schedule=schedule,
         epochs=epochs, batch_size=batch_size, patience=patience, amp=amp, from_db=from_db, database_url=database_url,
+    )  # fmt: skip
+    overrides.update(
+        softmax_hidden=_int_list(softmax_hidden, "--softmax-hidden"), softmax_input_dim=softmax_input_dim,
+        softmax_tied=softmax_tied, softmax_weighting=softmax_weighting, softmax_input_fraction=softmax_input_fraction,
+        softmax_target_weighting=softmax_target_weighting, softmax_temperature=softmax_temperature,
+        softmax_dropout=softmax_dropout, softmax_sampled=softmax_sampled, softmax_sample_alpha=softmax_sample_alpha,
+        softmax_calibration_reg=softmax_calibration_reg,
     )  # fmt: skip
     settings = _settings(config, overrides)
     from movierec.progress import EpochProgress

@@ -23,6 +23,13 @@ class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message names the file or field."""
 
 
+# Defaults of shared fields that differ by model kind; an explicit value (flag, env, file) always wins.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    # softmax: 100 epochs of fresh input/target splits, fixed (no early stopping, so no validation hold-out)
+    "softmax": {"epochs": 100, "patience": 0},
+}
+
+
 class TrainSettings(BaseSettings):
     """Everything `movierec train` needs; each field is also a CLI flag and a MOVIEREC_<FIELD> variable."""
 
@@ -70,6 +77,30 @@ class TrainSettings(BaseSettings):
     batch_size: int = Field(0, ge=0, description="0 = auto: 1024 up to ~256k ratings, then ~256 steps/epoch")
     patience: int = Field(3, ge=0)
     amp: bool = False
+
+    # softmax (trainer.models.softmax) -------------------------------------------------------------------
+    softmax_hidden: tuple[int, ...] = Field((), description="softmax tower hidden ReLU widths; () = linear")
+    softmax_input_dim: int = Field(0, ge=0, description="softmax input movie embedding size; 0 = dim")
+    softmax_tied: bool = Field(False, description="softmax: output movie embeddings double as input embeddings")
+    softmax_weighting: Literal["mean", "rating"] = "mean"
+    softmax_input_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of a user's ratings as input")
+    softmax_target_weighting: Literal["target", "user"] = "target"
+    softmax_temperature: float = Field(1.0, gt=0.0)
+    softmax_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    softmax_sampled: int = Field(0, ge=0, description="0 = full softmax, else sampled negatives per batch")
+    softmax_sample_alpha: float = Field(1.0, ge=0.0, description="negatives ~ popularity ** alpha (log-Q)")
+    softmax_calibration_reg: float = Field(5.0, ge=0.0, description="ridge on the rating map's user bias")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        """Shared fields (epochs, patience...) a kind tunes differently: its default unless given explicitly."""
+        if isinstance(data, dict):
+            kind = data.get("model", "mf")
+            data = {**KIND_DEFAULTS.get(str(kind), {}), **data}
+        return data
+
+    # end softmax -----------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:

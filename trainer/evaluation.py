@@ -290,6 +290,8 @@ def ranking_metrics(
     * ``ndcg@K``: binary gains, DCG = sum over hit positions p (1-based) of 1 / log2(p + 1), divided by
       the ideal DCG of min(K, R) hits in the first positions.
     * ``hr@K``: 1 if any hit.
+    * ``precision@K`` = hits / K (K, not min(K, R), in the denominator: the usual definition, as in
+      Microsoft Recommenders' ``precision_at_k``).
 
     Also ``n_users_ranked``. With no rankable user the metrics are NaN (undefined, not zero).
     Scores are processed ``batch_users`` users at a time; memory is about a few bytes x batch x n_items.
@@ -328,7 +330,7 @@ def ranking_metrics(
     k_max = min(ks[-1], n_items)
     discounts = 1.0 / np.log2(np.arange(2, k_max + 2))
     ideal = np.cumsum(discounts)
-    names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_raw", "ndcg", "hr")]
+    names = [f"{m}@{k}" for k in ks for m in ("recall", "recall_raw", "ndcg", "hr", "precision")]
     sums = dict.fromkeys(names, 0.0)
 
     for start in range(0, len(ranked_users), batch_users):
@@ -362,6 +364,7 @@ def ranking_metrics(
             dcg = h @ discounts[: h.shape[1]]
             sums[f"ndcg@{k}"] += float(np.sum(dcg / ideal[best.astype(np.intp) - 1]))
             sums[f"hr@{k}"] += float(np.count_nonzero(n_hits))
+            sums[f"precision@{k}"] += float(np.sum(n_hits)) / k
 
     n_ranked = len(ranked_users)
     if n_ranked == 0:

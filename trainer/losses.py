@@ -21,3 +21,57 @@ def batch_l2(*params: torch.Tensor) -> torch.Tensor:
     for p in params:
         total = total + p.float().pow(2).reshape(p.shape[0], -1).sum(dim=1).mean()
     return total
+
+
+def softmax_cross_entropy(
+    logits: torch.Tensor,
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    exclude_rows: torch.Tensor | None = None,
+    exclude_items: torch.Tensor | None = None,
+    target_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Full-softmax cross-entropy of several targets per row, averaged over all targets.
+
+    ``logits`` is (rows, n_items); target ``k`` is item ``target_items[k]`` of row ``target_rows[k]``. The
+    (row, item) pairs in ``exclude_*`` (the items a row's input already holds) are removed from that
+    row's softmax, so the model is trained to rank exactly what evaluation ranks: the unseen items.
+    ``target_weights`` turns the mean into a weighted mean (e.g. ``1 / targets of the row`` so every row
+    counts the same whatever its number of targets).
+    """
+    logits = logits.float()
+    if exclude_rows is not None and exclude_items is not None and exclude_rows.numel():
+        logits = logits.index_put((exclude_rows, exclude_items), logits.new_tensor(float("-inf")))
+    log_p = torch.log_softmax(logits, dim=1)
+    return _weighted_mean(-log_p[target_rows, target_items], target_weights)
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def sampled_softmax_cross_entropy(
+    target_rows: torch.Tensor,
+    target_items: torch.Tensor,
+    pos_logits: torch.Tensor,
+    neg_items: torch.Tensor,
+    neg_logits: torch.Tensor,
+    log_q_pos: torch.Tensor,
+    log_q_neg: torch.Tensor,
+    target_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sampled softmax with the log-Q correction (Bengio & Senecal; Yi et al., RecSys 2019).
+
+    Each target competes against ``neg_items`` (shared by the batch, drawn with probabilities ``q``):
+    logits become ``s - log q`` so the sampled loss is an unbiased-in-the-limit estimate of the full
+    softmax's. ``pos_logits`` is (targets,), ``neg_logits`` (rows, negatives) for the batch rows that
+    ``target_rows`` index; a negative equal to the target (an "accidental hit") is removed from that target's
+    softmax. ``log_q_*`` are the log sampling probabilities times the number of draws.
+    """
+    pos = pos_logits.float() - log_q_pos
+    neg = neg_logits.float()[target_rows] - log_q_neg  # (targets, negatives)
+    neg = neg.masked_fill(neg_items.unsqueeze(0) == target_items.unsqueeze(1), float("-inf"))
+    all_logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
+    return _weighted_mean(torch.logsumexp(all_logits, dim=1) - pos, target_weights)
