@@ -57,6 +57,29 @@ def _db_error(url: str, exc: Exception) -> str:
     return f"database {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
 
 
+def stored_ratings(url: str) -> int:
+    """How many ratings the store at ``url`` holds: 0 for a database without the schema (or no SQLite file yet).
+
+    Reads only: a missing SQLite file is not created and no migration runs.
+    """
+    from sqlalchemy import func, inspect, select
+
+    from service.store.database import make_engine
+    from service.store.models import Rating
+
+    engine = make_engine(url)
+    try:
+        db = engine.url.database
+        if engine.dialect.name == "sqlite" and db not in (None, "", ":memory:") and not Path(db).exists():
+            return 0
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(Rating.__tablename__):
+                return 0
+            return int(conn.scalar(select(func.count()).select_from(Rating)) or 0)
+    finally:
+        engine.dispose()
+
+
 @db_app.callback()
 def _db() -> None:
     # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
@@ -93,11 +116,18 @@ def load_cmd(
     cache_dir: Annotated[
         Path | None, typer.Option(help="download cache [MOVIEREC_CACHE_DIR, default ~/.cache/movierec]")
     ] = None,
+    if_empty: Annotated[
+        bool,
+        typer.Option(
+            "--if-empty",
+            help="do nothing (no download, no read) when the store already holds ratings; for one-shot jobs",
+        ),
+    ] = False,
 ) -> None:
     """Migrate the store, then add a MovieLens release's movies and ratings to it (rows already there are skipped)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.store.database import make_engine, mask_url
+    from service.store.database import StoreError, make_engine, mask_url
     from service.store.migrations import upgrade
     from trainer.data.dataset import DataError
     from trainer.data.download import resolve_data
@@ -105,6 +135,18 @@ def load_cmd(
     from trainer.data.store import load_into_store
 
     url = _url(database_url)
+    if if_empty:
+        try:
+            stored = stored_ratings(url)
+        except StoreError as exc:
+            _fail(str(exc))
+            return
+        except SQLAlchemyError as exc:
+            _fail(_db_error(url, exc))
+            return
+        if stored:
+            console.print(f"{mask_url(url)} already holds {stored} ratings: nothing loaded (--if-empty)")
+            return
     try:
         # The files are read and validated before the database is touched: bad data leaves no trace.
         path = resolve_data(dataset, data, cache_dir)
