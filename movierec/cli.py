@@ -86,7 +86,7 @@ def train(
     config: ConfigOpt = None,
     data: DataOpt = None,
     dataset: DatasetOpt = None,
-    model: Annotated[str | None, typer.Option(help="model kind: mf | softmax | sequence")] = None,
+    model: Annotated[str | None, typer.Option(help="model kind: mf | als | gravity | softmax | sequence")] = None,
     split: SplitOpt = None,
     test_fraction: Annotated[float | None, typer.Option(help="random split: share of ratings held out")] = None,
     leave_last: Annotated[int | None, typer.Option(help="leave-last split: ratings per user held out")] = None,
@@ -142,6 +142,33 @@ def train(
         float | None, typer.Option(help="softmax rating map: ridge on the user bias")
     ] = None,
     # end softmax
+    # als (dim, epochs = sweeps and patience are the shared flags)
+    als_lambda_u: Annotated[float | None, typer.Option(help="ALS prior weight on user vectors")] = None,
+    als_lambda_v: Annotated[float | None, typer.Option(help="ALS prior weight on movie vectors")] = None,
+    als_lambda_bias: Annotated[float | None, typer.Option(help="ALS prior weight on the biases")] = None,
+    als_biased: Annotated[
+        bool | None, typer.Option("--als-biased/--no-als-biased", help="ALS: solve biases with the factors")
+    ] = None,
+    als_normalise: Annotated[
+        bool | None, typer.Option("--als-normalise/--no-als-normalise", help="ALS: standardise the targets")
+    ] = None,
+    als_output: Annotated[
+        str | None, typer.Option(help="ALS target space: linear (ratings) | sigmoid (logits, sigmoid back)")
+    ] = None,
+    als_weighted: Annotated[
+        bool | None,
+        typer.Option("--als-weighted/--no-als-weighted", help="ALS: penalty times each row's rating count"),
+    ] = None,
+    als_init_std: Annotated[float | None, typer.Option(help="ALS: std of the initial movie factors")] = None,
+    # end als
+    # gravity (every mf flag applies too)
+    gravity_lambda_r: Annotated[
+        float | None, typer.Option(help="gravity: weight of mean_i |U_i|^2 + mean_j |V_j|^2")
+    ] = None,
+    gravity_lambda_g: Annotated[
+        float | None, typer.Option(help="gravity: weight of the mean squared score over all pairs")
+    ] = None,
+    # end gravity
     from_db: Annotated[
         bool | None, typer.Option("--from-db", help="train on the SQL store instead of files [MOVIEREC_FROM_DB]")
     ] = None,
@@ -164,6 +191,11 @@ def train(
         softmax_target_weighting=softmax_target_weighting, softmax_temperature=softmax_temperature,
         softmax_dropout=softmax_dropout, softmax_sampled=softmax_sampled, softmax_sample_alpha=softmax_sample_alpha,
         softmax_calibration_reg=softmax_calibration_reg,
+    )  # fmt: skip
+    overrides.update(
+        als_lambda_u=als_lambda_u, als_lambda_v=als_lambda_v, als_lambda_bias=als_lambda_bias, als_biased=als_biased,
+        als_normalise=als_normalise, als_output=als_output, als_weighted=als_weighted, als_init_std=als_init_std,
+        gravity_lambda_r=gravity_lambda_r, gravity_lambda_g=gravity_lambda_g,
     )  # fmt: skip
     settings = _settings(config, overrides)
     from movierec.progress import EpochProgress

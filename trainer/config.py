@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     # softmax: 100 epochs of fresh input/target splits, fixed (no early stopping, so no validation hold-out)
     "softmax": {"epochs": 100, "patience": 0},
+    # als: epochs are ALS sweeps; 24 dims is where ml-100k's RMSE stops improving (and ALS cost grows as dim^2)
+    "als": {"dim": 24, "epochs": 12},
 }
 
 
@@ -101,6 +103,22 @@ class TrainSettings(BaseSettings):
         return data
 
     # end softmax -----------------------------------------------------------------------------------------
+
+    # als (trainer.models.als; dim, epochs = sweeps and patience are the shared fields) -------------------
+    als_lambda_u: float = Field(0.13, gt=0.0, description="ALS prior weight on user vectors")
+    als_lambda_v: float = Field(0.13, gt=0.0, description="ALS prior weight on movie vectors")
+    als_lambda_bias: float = Field(0.05, ge=0.0, description="ALS prior weight on the biases")
+    als_biased: bool = Field(True, description="ALS: solve user and movie biases with the factors")
+    als_normalise: bool = Field(False, description="ALS: standardise the targets before fitting")
+    als_output: Literal["linear", "sigmoid"] = Field("linear", description="ALS target space / output map")
+    als_weighted: bool = Field(True, description="ALS: penalty times each row's rating count (ALS-WR)")
+    als_init_std: float = Field(0.1, gt=0.0, description="ALS: std of the random initial movie factors")
+    # end als ---------------------------------------------------------------------------------------------
+
+    # gravity (trainer.models.gravity; every mf field applies too) --------------------------------------
+    gravity_lambda_r: float = Field(0.0, ge=0.0, description="gravity: weight of the whole-table row L2")
+    gravity_lambda_g: float = Field(1.0, ge=0.0, description="gravity: weight of the mean squared score")
+    # end gravity -----------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:

@@ -23,6 +23,18 @@ def batch_l2(*params: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def gravity(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """Mean over all N x M (row of U, row of V) pairs of the squared dot product, without the N x M matrix.
+
+    ``sum_ij <U_i, V_j>^2 = ||U V^T||_F^2 = trace((U^T U)(V^T V))``: two (d x d) Gram matrices, so the cost
+    is O((N + M) d^2) and the memory O(d^2). Both Grams are symmetric, so the trace of their product is the
+    sum of their element-wise product.
+    """
+    u = U if U.dtype == torch.float64 else U.float()
+    v = V if V.dtype == torch.float64 else V.float()
+    return ((u.T @ u) * (v.T @ v)).sum() / (u.shape[0] * v.shape[0])
+
+
 def softmax_cross_entropy(
     logits: torch.Tensor,
     target_rows: torch.Tensor,

@@ -141,8 +141,10 @@ def fit(
 ) -> History:
     """Train ``model`` (which must expose ``raw`` and ``transform``) and return per-epoch metrics.
 
-    Loss = MSE + l2 * batch-L2(embedding rows) + l2_bias * batch-L2(bias entries). With a validation set
-    and ``patience > 0`` the best epoch's weights are restored at the end.
+    Loss = MSE + l2 * batch-L2(embedding rows) + l2_bias * batch-L2(bias entries), plus
+    ``model.regularizer()`` once per step when the model has one (a term over whole parameter tables rather
+    than the batch, e.g. the gravity model's). With a validation set and ``patience > 0`` the best epoch's
+    weights are restored at the end.
     """
     device = train.ratings.device
     n = len(train)
@@ -158,6 +160,7 @@ def fit(
     best_rmse = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     since_best = 0
+    regularizer = getattr(model, "regularizer", None)
 
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -177,6 +180,8 @@ def fit(
                 loss = loss + cfg.l2 * losses.batch_l2(touched["user"], touched["item"])
             if cfg.l2_bias and "user_bias" in touched:
                 loss = loss + cfg.l2_bias * losses.batch_l2(touched["user_bias"], touched["item_bias"])
+            if regularizer is not None:
+                loss = loss + regularizer()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
