@@ -19,6 +19,7 @@ from service.config import ServiceSettings
 from service.metrics import Metrics, MetricsMiddleware
 from service.reloader import ModelHolder
 from service.store.database import make_engine, session_factory
+from service.store.repository import RatedMovieIds
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.rated_ids = RatedMovieIds(engine)
         holder.reload()  # a missing or broken model is not fatal: /ready says 503 until one loads
         holder.start_polling()
         try:

@@ -28,6 +28,9 @@ class ServiceSettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = Field(
+        True, description="uvicorn's line per request; written at log_level info or debug only (see server.py)"
+    )
 
     # request bounds
     default_k: int = Field(10, ge=1)

@@ -1,12 +1,15 @@
-"""FastAPI dependencies (``Annotated`` aliases): settings, the served model, a store session, k bounds."""
+"""FastAPI dependencies (``Annotated`` aliases): the model holder, the served model, store sessions; the
+checks the hot endpoints call directly instead (``current_model``, ``resolve_k``); and
+:class:`QueryModel`, the query parameters of the hot endpoints validated in one call."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any, Self
 
-from fastapi import Depends, HTTPException, Query, Request
-from sqlalchemy import Engine
+from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import ServiceSettings
@@ -19,10 +22,6 @@ from service.reloader import ModelHolder
 # recommendations at 7% of a trivial endpoint's throughput).
 
 
-async def get_settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings
-
-
 async def get_holder(request: Request) -> ModelHolder:
     return request.app.state.holder
 
@@ -32,11 +31,7 @@ async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-async def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
-
-
-async def get_model(request: Request) -> LoadedModel:
+def current_model(request: Request) -> LoadedModel:
     """The model serving right now; 503 (with the reason) while none is loaded."""
     holder: ModelHolder = request.app.state.holder
     model = holder.current
@@ -44,6 +39,11 @@ async def get_model(request: Request) -> LoadedModel:
         reason = holder.last_error or "no model has been loaded yet"
         raise HTTPException(status_code=503, detail=f"no model loaded: {reason}", headers={"Retry-After": "5"})
     return model
+
+
+async def get_model(request: Request) -> LoadedModel:
+    """``current_model`` as a dependency."""
+    return current_model(request)
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -55,7 +55,50 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-async def get_k(request: Request, k: Annotated[int | None, Query(ge=1, description="number of results")] = None) -> int:
+class QueryModel(BaseModel):
+    """Query parameters validated by one pydantic call, for the endpoints where throughput matters.
+
+    FastAPI validates each declared query parameter and resolves each dependency separately, with type
+    introspection on every request: measured on a bare app, ~37 us for recommendations' five query
+    parameters and ~12 us per dependency, against ~5 us for one model validation. A subclass declares
+    the parameters as fields (types, bounds, defaults, descriptions: what a FastAPI signature would);
+    :meth:`from_request` validates them with the same pydantic validators FastAPI would use (a repeated
+    parameter: the last value wins, unknown parameters are ignored, both as with FastAPI) and raises the
+    same ``RequestValidationError`` with ``("query", name)`` locations; :meth:`openapi` documents them as
+    the route's query parameters (``openapi_extra=``) exactly as FastAPI would have
+    (``tests/test_service_fast_paths.py`` compares both against the plain FastAPI declarations).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def from_request(cls, request: Request) -> Self:
+        try:
+            return cls.model_validate(dict(request.query_params))
+        except ValidationError as e:
+            errors = [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False)]
+            raise RequestValidationError(errors) from None
+
+    @classmethod
+    def openapi(cls) -> dict[str, Any]:
+        """``openapi_extra`` documenting the fields as query parameters (FastAPI appends them to the
+        path parameters it documents itself)."""
+        schema = cls.model_json_schema()
+        params = []
+        for name, prop in schema["properties"].items():
+            prop = dict(prop)
+            if prop.get("default", ...) is None:
+                del prop["default"]  # what FastAPI writes for an optional parameter
+            param: dict[str, Any] = {"name": name, "in": "query", "required": name in schema.get("required", ())}
+            param["schema"] = prop
+            if "description" in prop:
+                param["description"] = prop["description"]
+            params.append(param)
+        return {"parameters": params}
+
+
+def resolve_k(request: Request, k: int | None) -> int:
+    """``k`` or the configured default; a 422 naming the maximum when above it."""
     settings: ServiceSettings = request.app.state.settings
     if k is None:
         return settings.default_k
@@ -64,10 +107,7 @@ async def get_k(request: Request, k: Annotated[int | None, Query(ge=1, descripti
     return k
 
 
-SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 HolderDep = Annotated[ModelHolder, Depends(get_holder)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 SessionDep = Annotated[Session, Depends(get_session)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
-KDep = Annotated[int, Depends(get_k)]

@@ -45,7 +45,10 @@ search filters (HNSW always uses the bitmap selector):
 * ``"overfetch"``: an unfiltered search for ``k + |exclude|`` (at most ``|exclude|`` of those can be
   excluded, so ``k`` eligible ones remain whenever they exist) and the excluded ones dropped. With an
   ``allowed`` mask that bound does not exist, so those queries use the selector.
-* ``"auto"`` (default): ``"subset"`` when at most half of the catalogue is eligible, else ``"selector"``.
+* ``"auto"`` (default): ``"overfetch"`` when at most 8 movies are excluded and there is no ``allowed``
+  mask (``similar``: the movie itself; a plain search for ``k + 9`` costs nothing extra and needs no
+  mask or selector), else ``"subset"`` when at most half of the catalogue is eligible, else
+  ``"selector"``.
 
 Why ``"auto"`` (``bench/bench_retrieval.py``, one thread, p50 per ``recommend`` call, 62,000 movies x 64,
 a shared 2-core machine, so +-10 %): no filter 399 us; 2,000 excluded: selector 503, subset 534, overfetch
@@ -53,7 +56,8 @@ a shared 2-core machine, so +-10 %): no filter 399 us; 2,000 excluded: selector 
 selector 552; 1 % allowed: subset 63, selector 201 (3,706 movies: 2,000 excluded, i.e. under half
 eligible: subset 61, selector 92). The bitmap test costs a mispredicted branch per scattered member, so it
 wins only when most of the catalogue is eligible; the subset scan wins when a filter leaves a minority.
-Over-fetching is never competitive: the top-``k + |exclude|`` heap costs more than the filter.
+Over-fetching is never competitive for thousands excluded: the top-``k + |exclude|`` heap costs more
+than the filter; for a handful it is the plain search itself.
 
 HNSW
 ----
@@ -82,6 +86,7 @@ configured value to its own thread before calling FAISS. Index building uses all
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Literal
@@ -246,6 +251,22 @@ class _Space:
             self.hnsw.hnsw.efConstruction = ef_construction
             self.hnsw.add(rows)
         self.max_row_norm = float(np.linalg.norm(rows.astype(np.float64), axis=1).max(initial=0.0))
+        self._local = threading.local()
+
+    def selector_params(self, mask: np.ndarray) -> faiss.SearchParameters:
+        """Flat-search parameters whose bitmap selector admits exactly ``mask``: one set per thread, built
+        on the thread's first call and refilled on each (building the selector and the parameters per
+        search cost ~5 us). Valid until this thread's next call; a search never spans two calls."""
+        state = getattr(self._local, "selector", None)
+        if state is None:
+            bitmap = np.zeros((len(mask) + 7) // 8, dtype=np.uint8)
+            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # size in bytes; no copy
+            params = faiss.SearchParameters()
+            params.sel = sel
+            state = self._local.selector = (bitmap, sel, params)  # the bitmap and selector live as long
+        bitmap, _, params = state
+        bitmap[:] = np.packbits(mask, bitorder="little")
+        return params
 
 
 class ItemIndex:
@@ -297,6 +318,7 @@ class ItemIndex:
         self.n_items, self.dim = factors.shape
         self._factors = factors
         self._bias = bias
+        self._bias64 = bias.astype(np.float64)
         v64 = factors.astype(np.float64)
         self._norms = np.linalg.norm(v64, axis=1)
         self._has_direction = self._norms >= COSINE_EPS
@@ -348,10 +370,11 @@ class ItemIndex:
         if q.shape != (self.dim,):
             raise ValueError(f"user_vector must have shape ({self.dim},), got {q.shape}")
         q = q.astype(np.float64)
-        if not np.isfinite(q).all():
+        qq = float(q @ q)  # finite implies every component is finite (a NaN or inf would propagate)
+        if not math.isfinite(qq) and not np.isfinite(q).all():
             raise ValueError("user_vector must be finite")
         mask, n_eligible = eligible_mask(self.n_items, exclude, allowed)
-        return self._search(q, 1.0, k, sim, mask, n_eligible, allowed is not None)
+        return self._search(q, 1.0, k, sim, mask, n_eligible, allowed is not None, qq)
 
     def similar(
         self, item_code: int, k: int, similarity: Similarity, *, allowed: np.ndarray | None = None
@@ -384,26 +407,34 @@ class ItemIndex:
         mask: np.ndarray | None,
         n_eligible: int,
         has_allowed: bool,
+        qq: float | None = None,
     ) -> SearchResult:
+        """``qq``: ``q @ q`` when the caller has it."""
         k_eff = min(k, n_eligible)
         if k_eff == 0:
             return _EMPTY
         if n_eligible == self.n_items:
             mask = None  # e.g. a user with nothing rated: the plain search is the fastest
         space = self._spaces[sim]
+        width = space.rows.shape[1]
+        qf = np.empty((1, width), dtype=np.float32)
+        if qq is None:
+            qq = float(q @ q)
         if sim == "cosine":
-            qnorm = float(np.linalg.norm(q))
+            qnorm = math.sqrt(qq)  # what np.linalg.norm computes for a 1-d float64 vector
             if qnorm < COSINE_EPS:
                 return self._all_zero(k_eff, mask)
-            qf = np.zeros((1, space.rows.shape[1]), dtype=np.float32)
-            qf[0, : self.dim] = q / qnorm
+            qf[0] = q / qnorm  # width == dim here (only a dim-0 model pads, and its query is empty)
+            qf_norm = 1.0
         else:
             if bias_weight == 0.0 and not q.any():
                 return self._all_zero(k_eff, mask)
-            qf = np.append(q, bias_weight).astype(np.float32)[None, :]
+            qf[0, : self.dim] = q
+            qf[0, self.dim] = bias_weight
+            qf_norm = math.sqrt(qq + bias_weight * bias_weight)
         # |float32 FAISS score - float64 score| <= (D + 2) u |q| max|row| to first order (dot product of D
         # terms, plus the rounding of the query and of the stored normalised rows); doubled for safety.
-        margin = 2.0 * (qf.shape[1] + 2) * _U32 * float(np.linalg.norm(qf.astype(np.float64))) * space.max_row_norm
+        margin = 2.0 * (width + 2) * _U32 * qf_norm * space.max_row_norm
         margin += 1e-30
         k_fetch = min(k_eff + _SLACK, n_eligible)
         _apply_threads()
@@ -428,16 +459,19 @@ class ItemIndex:
 
         strategy = self.filter_strategy
         if strategy == "auto":
-            strategy = "subset" if n_eligible * _SUBSET_SHARE_DEN <= self.n_items * _SUBSET_SHARE_NUM else "selector"
+            if not has_allowed and self.n_items - n_eligible <= _SLACK:
+                strategy = "overfetch"  # a handful excluded (similar: the movie itself): a plain search
+            elif n_eligible * _SUBSET_SHARE_DEN <= self.n_items * _SUBSET_SHARE_NUM:
+                strategy = "subset"
+            else:
+                strategy = "selector"
         elif strategy == "overfetch" and has_allowed:
             strategy = "selector"  # no bound on how many of an unfiltered top-k an allowed mask removes
         if mask is None:
-            dist, labels = space.flat.search(qf, k_fetch)
-            dist, labels = dist[0], labels[0]
+            dist, labels = _flat_search(space.flat, qf, k_fetch, None)
         elif strategy == "overfetch":
             n_excluded = self.n_items - n_eligible
-            dist, labels = space.flat.search(qf, min(k_fetch + n_excluded, self.n_items))
-            dist, labels = dist[0], labels[0]
+            dist, labels = _flat_search(space.flat, qf, min(k_fetch + n_excluded, self.n_items), None)
             keep = labels >= 0
             keep[keep] = mask[labels[keep]]
             dist, labels = dist[keep][:k_fetch], labels[keep][:k_fetch]
@@ -452,20 +486,17 @@ class ItemIndex:
             del ids  # the raw pointers above were only used during the call
             dist, labels = dist[0], labels[0]
         else:
-            bitmap = np.packbits(mask, bitorder="little")
-            sel = faiss.IDSelectorBitmap(bitmap)
-            params = faiss.SearchParameters()
-            params.sel = sel
-            dist, labels = space.flat.search(qf, k_fetch, params=params)
-            del bitmap, sel
-            dist, labels = dist[0], labels[0]
+            dist, labels = _flat_search(space.flat, qf, k_fetch, space.selector_params(mask))
         valid = labels >= 0
-        dist, codes = dist[valid], labels[valid].astype(np.int64)
+        if valid.all():
+            codes = labels
+        else:
+            dist, codes = dist[valid], labels[valid]
         scores = self._scores(codes, q, bias_weight, sim)
         order = np.lexsort((codes, -scores))
         codes, scores = codes[order], scores[order]
         if len(codes) < k_eff or (
-            len(codes) < n_eligible and scores[k_eff - 1] <= float(dist.min(initial=np.inf)) + margin
+            len(codes) < n_eligible and scores[k_eff - 1] <= float(np.minimum.reduce(dist)) + margin
         ):
             # An unfetched movie might tie with (or by float32 rounding beat) the k-th: exact pass.
             return self._exact(space, qf, q, bias_weight, sim, k_eff, mask, margin)
@@ -476,8 +507,10 @@ class ItemIndex:
         v = self._factors[codes].astype(np.float64)
         dots = (v * q).sum(axis=1)
         if sim == "dot":
-            if bias_weight:
-                dots += bias_weight * self._bias[codes].astype(np.float64)
+            if bias_weight == 1.0:
+                dots += self._bias64[codes]
+            elif bias_weight:
+                dots += bias_weight * self._bias64[codes]
             return dots
         norms = self._norms[codes]
         out = np.zeros(len(codes), dtype=np.float64)
@@ -513,6 +546,18 @@ class ItemIndex:
         """Every eligible movie scores exactly 0: the first ``k`` eligible codes."""
         codes = (np.flatnonzero(mask)[:k] if mask is not None else np.arange(k)).astype(np.int64)
         return SearchResult(codes, np.zeros(len(codes), dtype=np.float32))
+
+
+def _flat_search(
+    index: faiss.IndexFlatIP, qf: np.ndarray, k: int, params: faiss.SearchParameters | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query's ``(scores, labels)`` from a flat index: ``index.search`` without the Python wrapper's
+    argument checks and conversions (a few microseconds per call; ``qf`` is already a contiguous
+    float32 row of the index's width)."""
+    dist = np.empty(k, dtype=np.float32)
+    labels = np.empty(k, dtype=np.int64)
+    index.search_c(1, faiss.swig_ptr(qf), k, faiss.swig_ptr(dist), faiss.swig_ptr(labels), params)
+    return dist, labels
 
 
 def _check_similarity(similarity: str) -> Similarity:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from pydantic import Field
 from sqlalchemy.exc import SQLAlchemyError
 
+from service import render
 from service.api.recommendations import genre_filter
 from service.api.store_access import in_session, store_unavailable
-from service.deps import KDep, ModelDep, SessionsDep
-from service.schemas import Error, MovieDetail, Similarity, SimilarMovie, SimilarMovies
+from service.deps import ModelDep, QueryModel, SessionsDep, current_model, resolve_k
+from service.schemas import Error, MovieDetail, Similarity, SimilarMovies
 from service.store import repository
 
 router = APIRouter(prefix="/movies", tags=["movies"])
@@ -46,29 +48,25 @@ async def get_movie(movie_id: MovieIdPath, model: ModelDep, sessions: SessionsDe
     )
 
 
+class SimilarQuery(QueryModel):
+    similarity: Similarity = "cosine"
+    genre: str | None = None
+    k: int | None = Field(None, ge=1, description="number of results")
+
+
 @router.get(
     "/{movie_id}/similar",
     response_model=SimilarMovies,
     responses={404: {"model": Error}, 422: {"model": Error}},
+    openapi_extra=SimilarQuery.openapi(),
 )
-async def similar(
-    movie_id: MovieIdPath,
-    model: ModelDep,
-    k: KDep,
-    similarity: Similarity = "cosine",
-    genre: str | None = None,
-) -> SimilarMovies:
+async def similar(request: Request, movie_id: MovieIdPath) -> Response:
     """Nearest movies by cosine or dot product of the movie embeddings; the movie itself is excluded."""
+    model = current_model(request)  # a hot path: no dependencies, one query validation (see QueryModel)
+    q = SimilarQuery.from_request(request)
+    k = resolve_k(request, q.k)
     code = model.items.code(movie_id)
     if code is None:
         raise HTTPException(404, f"movie {movie_id} not found in the model")
-    found = model.index.similar(code, k, similarity, allowed=genre_filter(model, genre))
-    return SimilarMovies(
-        movie_id=movie_id,
-        model_version=model.version,
-        similarity=similarity,
-        items=[
-            SimilarMovie(**model.movie_info(int(c)), score=float(s))
-            for c, s in zip(found.codes, found.scores, strict=True)
-        ],
-    )
+    found = model.index.similar(code, k, q.similarity, allowed=genre_filter(model, q.genre))
+    return render.similar_movies(model, movie_id, q.similarity, found.codes, found.scores)

@@ -2,41 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import numpy as np
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import Field
 
-from service.deps import ModelDep, SettingsDep
+from service import render
+from service.deps import QueryModel, current_model
 from service.errors import validation_error
-from service.schemas import Error, Prediction, Predictions, PredictRequest
+from service.schemas import Error, Predictions, PredictRequest
 
 router = APIRouter(tags=["predictions"])
+
+
+class PredictQuery(QueryModel):
+    strict: bool = Field(False, description="404 for an unknown user or movie instead of a fallback")
 
 
 @router.post(
     "/predict",
     response_model=Predictions,
     responses={404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+    openapi_extra=PredictQuery.openapi(),
 )
-async def predict(
-    body: PredictRequest,
-    model: ModelDep,
-    settings: SettingsDep,
-    strict: Annotated[bool, Query(description="404 for an unknown user or movie instead of a fallback")] = False,
-) -> Predictions:
+async def predict(request: Request, body: PredictRequest) -> Response:
     """Ratings on the model's scale. Unknown ids get a documented fallback (see ``strategy``) or, with
     ``strict=true``, a 404 naming the id."""
-    if body.pairs is not None:
-        if len(body.pairs) > settings.max_batch:
-            raise validation_error(
-                "pairs", f"at most {settings.max_batch} pairs per request, got {len(body.pairs)}", "body"
-            )
-        user_ids = np.asarray([p.user_id for p in body.pairs], dtype=np.int64)
-        movie_ids = np.asarray([p.movie_id for p in body.pairs], dtype=np.int64)
-    else:
-        user_ids = np.asarray([body.user_id], dtype=np.int64)
-        movie_ids = np.asarray([body.movie_id], dtype=np.int64)
+    model = current_model(request)  # a hot path: no dependencies, one query validation (see QueryModel)
+    strict = PredictQuery.from_request(request).strict
+    if body.pairs is None:  # one pair: scalar lookups
+        user_id, movie_id = int(body.user_id), int(body.movie_id)  # type: ignore[arg-type]
+        ucode, icode = model.users.code(user_id), model.items.code(movie_id)
+        if ucode is not None and icode is not None:
+            rating, strategy = float(model.predict_user(ucode, np.asarray([icode]))[0]), "model"
+        elif strict:
+            what = f"user {user_id}" if ucode is None else f"movie {movie_id}"
+            raise HTTPException(404, f"{what} not found (strict mode)")
+        else:
+            rating, strategy = model.fallback_rating(ucode, icode)
+        return render.predictions(model, [user_id], [movie_id], [rating], [strategy])
+    max_batch = request.app.state.settings.max_batch
+    if len(body.pairs) > max_batch:
+        raise validation_error("pairs", f"at most {max_batch} pairs per request, got {len(body.pairs)}", "body")
+    user_ids = np.asarray([p.user_id for p in body.pairs], dtype=np.int64)
+    movie_ids = np.asarray([p.movie_id for p in body.pairs], dtype=np.int64)
     ucodes = model.users.codes(user_ids)
     icodes = model.items.codes(movie_ids)
     known = (ucodes >= 0) & (icodes >= 0)
@@ -52,10 +60,4 @@ async def predict(
         u = int(ucodes[j]) if ucodes[j] >= 0 else None
         i = int(icodes[j]) if icodes[j] >= 0 else None
         ratings[j], strategies[j] = model.fallback_rating(u, i)
-    return Predictions(
-        model_version=model.version,
-        predictions=[
-            Prediction(user_id=int(u), movie_id=int(m), rating=float(r), strategy=s)
-            for u, m, r, s in zip(user_ids, movie_ids, ratings, strategies, strict=True)
-        ],
-    )
+    return render.predictions(model, user_ids.tolist(), movie_ids.tolist(), ratings.tolist(), strategies.tolist())

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Request, Response
+from pydantic import Field
 
+from service import render
 from service.api.store_access import rated_movie_ids
-from service.deps import EngineDep, KDep, ModelDep
+from service.deps import QueryModel, current_model, resolve_k
 from service.errors import validation_error
 from service.model_state import LoadedModel
 from service.popularity import top_popular
-from service.schemas import Error, Recommendations, RecommendedMovie, Similarity
+from service.schemas import Error, Recommendations, Similarity
 
 router = APIRouter(tags=["recommendations"])
+_NO_CODES = np.empty(0, dtype=np.int64)
 
 
 def genre_filter(model: LoadedModel, genre: str | None) -> np.ndarray | None:
@@ -27,52 +30,57 @@ def genre_filter(model: LoadedModel, genre: str | None) -> np.ndarray | None:
         raise validation_error("genre", f"unknown genre {genre!r}; known genres: {known}") from None
 
 
+class RecommendationQuery(QueryModel):
+    similarity: Similarity = "dot"
+    exclude_rated: bool = Field(True, description="leave out movies the user already rated")
+    genre: str | None = Field(None, description="only movies of this genre (exact filter)")
+    fallback: Literal["none", "popular"] = Field(
+        "none", description="popular: answer unknown users with popular movies"
+    )
+    k: int | None = Field(None, ge=1, description="number of results")
+
+
 @router.get(
     "/users/{user_id}/recommendations",
     response_model=Recommendations,
     responses={404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
+    openapi_extra=RecommendationQuery.openapi(),
 )
-async def recommend(
-    user_id: Annotated[int, Path(ge=0, le=2**63 - 1)],
-    model: ModelDep,
-    engine: EngineDep,
-    k: KDep,
-    similarity: Similarity = "dot",
-    exclude_rated: Annotated[bool, Query(description="leave out movies the user already rated")] = True,
-    genre: Annotated[str | None, Query(description="only movies of this genre (exact filter)")] = None,
-    fallback: Annotated[
-        Literal["none", "popular"], Query(description="popular: answer unknown users with popular movies")
-    ] = "none",
-) -> Recommendations:
+async def recommend(request: Request, user_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> Response:
     """Movies ranked by the model for a known user (dot: predicted rating order; cosine: embedding angle).
 
     A user the store knows but the model does not (ratings posted after training) gets popular movies by
     damped mean rating (``strategy=popular``); an id known to neither is a 404 unless ``fallback=popular``.
     """
-    allowed = genre_filter(model, genre)
+    # The hot path: no dependencies, the query validated in one call, the body written directly (see
+    # QueryModel and service.render); the behaviour is the declared one, checked against brute force.
+    model = current_model(request)
+    q = RecommendationQuery.from_request(request)
+    k = resolve_k(request, q.k)
+    similarity = q.similarity
+    allowed = genre_filter(model, q.genre)
     art = model.artifact
     code = model.users.code(user_id)
-    store_rated = rated_movie_ids(engine, user_id)
-    posted = model.items.codes(np.asarray(store_rated or [], dtype=np.int64))
-    posted = posted[posted >= 0]
+    # Every request reads the store: a rating posted through any worker is excluded at once.
+    store_rated = rated_movie_ids(request.app.state.rated_ids, user_id)
+    if store_rated is None or not len(store_rated):
+        posted = _NO_CODES
+    else:
+        posted = model.items.codes(store_rated)
+        posted = posted[posted >= 0]
     if code is not None:
-        exclude = np.union1d(art.rated_items(code), posted) if exclude_rated else None
+        # duplicates are fine: the index only marks these codes ineligible
+        exclude = np.concatenate((art.rated_items(code), posted)) if q.exclude_rated else None
         found = model.index.recommend(art.user_factors[code], k, similarity, exclude=exclude, allowed=allowed)
-        predicted = model.predict_codes(np.full(len(found.codes), code), found.codes)
+        predicted = model.predict_user(code, found.codes)
         strategy: Literal["model", "popular"] = "model"
     else:
-        if not store_rated and fallback != "popular":
+        if (store_rated is None or not len(store_rated)) and q.fallback != "popular":
             if store_rated is None:
                 raise HTTPException(503, "user unknown to the model and the ratings store is unreachable")
             raise HTTPException(404, f"user {user_id} not found (use fallback=popular for popular movies)")
-        exclude = posted if exclude_rated else None
+        exclude = posted if q.exclude_rated else None
         found = top_popular(model.popularity, k, exclude=exclude, allowed=allowed)
-        predicted = np.asarray([model.fallback_rating(None, int(c))[0] for c in found.codes])
+        predicted = np.asarray([model.fallback_rating(None, int(c))[0] for c in found.codes], dtype=np.float64)
         strategy = "popular"
-    items = [
-        RecommendedMovie(**model.movie_info(int(c)), score=float(s), predicted_rating=float(p))
-        for c, s, p in zip(found.codes, found.scores, predicted, strict=True)
-    ]
-    return Recommendations(
-        user_id=user_id, model_version=model.version, strategy=strategy, similarity=similarity, items=items
-    )
+    return render.recommendations(model, user_id, strategy, similarity, found.codes, found.scores, predicted)
