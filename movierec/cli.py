@@ -142,6 +142,30 @@ def train(
         float | None, typer.Option(help="softmax rating map: ridge on the user bias")
     ] = None,
     # end softmax
+    # sequence (dim and the optimisation flags are the shared ones)
+    sequence_length: Annotated[
+        int | None, typer.Option(help="sequence: tokens per example (length - 1 past ratings + the target)")
+    ] = None,
+    sequence_heads: Annotated[int | None, typer.Option(help="sequence: attention heads")] = None,
+    sequence_layers: Annotated[int | None, typer.Option(help="sequence: transformer encoder layers")] = None,
+    sequence_ff: Annotated[int | None, typer.Option(help="sequence: transformer feed-forward width")] = None,
+    sequence_dropout: Annotated[float | None, typer.Option(help="sequence: dropout")] = None,
+    sequence_mlp: Annotated[
+        str | None, typer.Option(help="sequence: rating MLP hidden widths, comma-separated; '' = none")
+    ] = None,
+    sequence_feature_dim: Annotated[int | None, typer.Option(help="sequence: user-feature embedding size")] = None,
+    sequence_user_features: Annotated[
+        bool | None,
+        typer.Option("--sequence-user-features/--no-sequence-user-features", help="use the data's user features"),
+    ] = None,
+    sequence_user_id: Annotated[
+        bool | None, typer.Option("--sequence-user-id/--no-sequence-user-id", help="learn a user-id embedding")
+    ] = None,
+    sequence_retrieval: Annotated[
+        str | None, typer.Option(help="sequence: factor arrays hold mf (a biased MF fit) | none (embeddings)")
+    ] = None,
+    sequence_rerank: Annotated[int | None, typer.Option(help="sequence: candidates re-ranked per user")] = None,
+    # end sequence
     # als (dim, epochs = sweeps and patience are the shared flags)
     als_lambda_u: Annotated[float | None, typer.Option(help="ALS prior weight on user vectors")] = None,
     als_lambda_v: Annotated[float | None, typer.Option(help="ALS prior weight on movie vectors")] = None,
@@ -191,6 +215,13 @@ def train(
         softmax_target_weighting=softmax_target_weighting, softmax_temperature=softmax_temperature,
         softmax_dropout=softmax_dropout, softmax_sampled=softmax_sampled, softmax_sample_alpha=softmax_sample_alpha,
         softmax_calibration_reg=softmax_calibration_reg,
+    )  # fmt: skip
+    overrides.update(
+        sequence_length=sequence_length, sequence_heads=sequence_heads, sequence_layers=sequence_layers,
+        sequence_ff=sequence_ff, sequence_dropout=sequence_dropout,
+        sequence_mlp=_int_list(sequence_mlp, "--sequence-mlp"), sequence_feature_dim=sequence_feature_dim,
+        sequence_user_features=sequence_user_features,
+        sequence_user_id=sequence_user_id, sequence_retrieval=sequence_retrieval, sequence_rerank=sequence_rerank,
     )  # fmt: skip
     overrides.update(
         als_lambda_u=als_lambda_u, als_lambda_v=als_lambda_v, als_lambda_bias=als_lambda_bias, als_biased=als_biased,

@@ -27,6 +27,8 @@ class ConfigError(ValueError):
 KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     # softmax: 100 epochs of fresh input/target splits, fixed (no early stopping, so no validation hold-out)
     "softmax": {"epochs": 100, "patience": 0},
+    # sequence: a 32-wide transformer, 8 epochs at lr 2e-3 (onecycle), fixed (it overfits soon after)
+    "sequence": {"dim": 32, "epochs": 8, "lr": 2e-3, "patience": 0},
     # als: epochs are ALS sweeps; 24 dims is where ml-100k's RMSE stops improving (and ALS cost grows as dim^2)
     "als": {"dim": 24, "epochs": 12},
 }
@@ -103,6 +105,20 @@ class TrainSettings(BaseSettings):
         return data
 
     # end softmax -----------------------------------------------------------------------------------------
+
+    # sequence (trainer.models.sequence; dim is the shared field) ----------------------------------------
+    sequence_length: int = Field(16, ge=2, le=512, description="sequence tokens: length - 1 history + target")
+    sequence_heads: int = Field(2, ge=1, description="sequence: attention heads (dim must be a multiple)")
+    sequence_layers: int = Field(1, ge=1, description="sequence: transformer encoder layers")
+    sequence_ff: int = Field(64, ge=1, description="sequence: transformer feed-forward width")
+    sequence_dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    sequence_mlp: tuple[int, ...] = Field((64,), description="sequence: hidden widths of the rating MLP")
+    sequence_feature_dim: int = Field(8, ge=1, description="sequence: size of each user-feature embedding")
+    sequence_user_features: bool = Field(True, description="sequence: use the data's user features if any")
+    sequence_user_id: bool = Field(False, description="sequence: add a learned user-id embedding")
+    sequence_retrieval: Literal["mf", "none"] = Field("mf", description="sequence: what the factor arrays hold")
+    sequence_rerank: int = Field(100, ge=1, description="sequence: retrieval candidates re-ranked per user")
+    # end sequence ----------------------------------------------------------------------------------------
 
     # als (trainer.models.als; dim, epochs = sweeps and patience are the shared fields) -------------------
     als_lambda_u: float = Field(0.13, gt=0.0, description="ALS prior weight on user vectors")

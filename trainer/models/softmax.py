@@ -67,7 +67,7 @@ class SoftmaxParams:
     sampled: int = 0  # 0 = full softmax; > 0 = that many shared negatives per batch, log-Q corrected
     sample_alpha: float = 1.0  # negatives drawn with probability ~ count ** alpha
     calibration_reg: float = 5.0  # ridge on the per-user bias of the rating map
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, patience=0, l2=0.0))
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.input_dim < 0 or any(h < 1 for h in self.hidden):
