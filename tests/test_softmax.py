@@ -193,8 +193,21 @@ def test_kind_defaults_yield_to_explicit_values(monkeypatch):
     s = load_settings(None, model="softmax")
     assert (s.epochs, s.patience) == (100, 0)
     assert load_settings(None, model="softmax", epochs=7).epochs == 7
+    assert SoftmaxParams.from_settings(s) == SoftmaxParams()  # the dataclass defaults are the settings'
     monkeypatch.setenv("MOVIEREC_EPOCHS", "9")
     assert load_settings(None, model="softmax").epochs == 9
+
+
+def test_early_stopping_on_validation_cross_entropy(data):
+    tr, va = stratified_user_split(data, 0.1, seed=2)
+    optim = OptimConfig(epochs=6, lr=1e-2, patience=2, batch_size=32)
+    model = SoftmaxModel(SoftmaxParams(dim=8, optim=optim), torch.device("cpu"), torch.Generator().manual_seed(0))
+    history = model.fit(tr, va)
+    losses_ = [e.valid_loss for e in history.epochs]
+    assert all(v is not None and np.isfinite(v) for v in losses_)
+    assert history.best_epoch == 1 + int(np.argmin(losses_))
+    # Served users are embedded from everything they rated, the validation ratings included.
+    assert model.user_vecs is not None and model.user_vecs.shape == (data.n_users, 8)
 
 
 def test_softmax_cross_entropy_excludes_inputs():

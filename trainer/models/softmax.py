@@ -1,8 +1,10 @@
 """Softmax retrieval over the user's history: a bag of rated movies -> MLP tower -> user embedding.
 
 The user is the movies they rated: the (optionally rating-weighted) average of their input embeddings
-(genre and year embeddings folded into each movie's input vector), through hidden ReLU layers to a
-``dim``-sized user embedding ``u``. Every movie ``i`` scores ``u . v_i + b_i`` (``v`` the output movie
+(genre and year embeddings folded into each movie's input vector), through the tower (``hidden`` ReLU
+layers, then a linear layer) to a ``dim``-sized user embedding ``u``. The default tower is that final
+linear layer alone: on ml-100k and ml-latest-small a 128-512 wide hidden layer (with dropout or weight
+decay) ranked no better and overfits sooner. Every movie ``i`` scores ``u . v_i + b_i`` (``v`` the output movie
 embeddings, ``b`` a learned popularity logit) and a softmax over the catalogue is trained with
 cross-entropy to put the user's other movies on top (Covington et al., "Deep Neural Networks for YouTube
 Recommendations", 2016; Google's recommendation-systems course "softmax model").
@@ -55,7 +57,7 @@ class SoftmaxParams:
     """Hyper-parameters of the softmax model; defaults are the tuned ones (see the README's table)."""
 
     dim: int = 64  # user / output movie embedding size
-    hidden: tuple[int, ...] = (256,)  # widths of the hidden ReLU layers; () = one linear layer
+    hidden: tuple[int, ...] = ()  # widths of the hidden ReLU layers; () = one linear layer (tuned best)
     input_dim: int = 0  # input movie embedding size; 0 = dim
     tied: bool = False  # use the output movie embeddings as input embeddings (input_dim must be dim)
     side_features: tuple[str, ...] = ()  # "genre" and/or "year" added to each input movie vector
