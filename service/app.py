@@ -44,6 +44,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             holder.stop()
+            app.state.rated_ids.close()
             engine.dispose()
 
     app = FastAPI(

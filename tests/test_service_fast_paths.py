@@ -263,10 +263,26 @@ def test_single_user_prediction_equals_the_reference(model):
     art = model.artifact
     rng = np.random.default_rng(0)
     for u in rng.choice(art.n_users, 10, replace=False):
-        items = rng.choice(art.n_items, 12, replace=False)
-        np.testing.assert_allclose(
-            model.predict_user(int(u), items), artifacts.predict(art, int(u), items), rtol=0, atol=1e-12
-        )
+        for n in (1, 12, art.n_items):  # the scalar transform (a page) and the array one
+            items = rng.choice(art.n_items, n, replace=False)
+            np.testing.assert_allclose(
+                model.predict_user(int(u), items), artifacts.predict(art, int(u), items), rtol=0, atol=1e-12
+            )
+
+
+@pytest.mark.parametrize("transform", ["sigmoid", "linear"])
+def test_scalar_output_transform_equals_the_array_one(transform):
+    from service.model_state import _output_transform_scalars
+
+    scale = artifacts.ScaleSpec(low=0.5, high=5.0, step=0.5)
+    output = artifacts.OutputSpec(transform=transform, low=0.0 if transform == "sigmoid" else 0.5, high=5.5)
+    raw = np.concatenate([np.linspace(-50, 50, 2001), [0.0, -0.0, 1e-300, -1e-300, 800.0, -800.0, 1e308, -1e308]])
+    np.testing.assert_allclose(
+        _output_transform_scalars(raw.tolist(), output, scale),
+        artifacts.apply_output_transform(raw, output, scale),
+        rtol=0,
+        atol=1e-14,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -298,7 +314,52 @@ def test_rated_movie_ids_reads_the_store_with_a_bound_parameter(db_url):
             s.add_all([Rating(user_id=9003, movie_id=m, rating=2.0, timestamp=1) for m in many])
             s.commit()
         assert sorted(reader(9003).tolist()) == many
+        kept = getattr(reader._local, "conn", None)  # SQLite: this thread's own connection, no open snapshot
+        assert (kept is not None and not kept.in_transaction) if db_url.startswith("sqlite") else kept is None
     finally:
+        reader.close()
+        engine.dispose()
+
+
+def test_rated_movie_ids_from_threads_then_closed(tmp_path):
+    """SQLite: one kept connection per reading thread, each seeing every commit, all closed by close()."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    reader = RatedMovieIds(engine)
+    try:
+        with Session(engine) as s:
+            s.add_all([Movie(movie_id=m, title="") for m in range(1, 41)])
+            s.commit()
+        with ThreadPoolExecutor(4) as pool:
+            for m in range(1, 41):
+                with Session(engine) as s:
+                    upsert_rating(s, 5, m, 3.0, 1)
+                got = list(pool.map(lambda _: sorted(reader(5).tolist()), range(8)))
+                assert got == [list(range(1, m + 1))] * 8  # every thread sees the commit just made
+        assert 1 <= len(reader._kept) <= 4 and engine.pool.checkedout() == 0
+        reader.close()
+        assert reader._kept == []
+        assert sorted(reader(5).tolist()) == list(range(1, 41))  # and reads again after close()
+    finally:
+        reader.close()
+        engine.dispose()
+
+
+def test_rated_movie_ids_replaces_a_failed_connection(tmp_path):
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    engine = make_engine(url)
+    reader = RatedMovieIds(engine)
+    try:
+        with pytest.raises(reader.errors):
+            reader(1)  # no schema yet
+        assert reader._kept == []
+        upgrade(url)
+        assert reader(1).size == 0
+    finally:
+        reader.close()
         engine.dispose()
 
 
@@ -310,9 +371,11 @@ def test_rated_movie_ids_failure_is_reported_not_raised(tmp_path):
         "postgresql://postgres@127.0.0.1:1/nothing",  # nothing listens there: the connection is refused
     ):
         engine = make_engine(url)
+        reader = RatedMovieIds(engine)
         try:
-            assert rated_movie_ids(RatedMovieIds(engine), 1) is None
+            assert rated_movie_ids(reader, 1) is None
         finally:
+            reader.close()
             engine.dispose()
 
 

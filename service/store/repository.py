@@ -6,6 +6,7 @@ Only :func:`upsert_rating` commits; the readers leave transaction control to the
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from sqlalchemy import BigInteger, Engine, String, bindparam, cast, exists, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
 
 from service.store.models import Movie, Rating
 
@@ -47,15 +49,25 @@ class RatedMovieIds:
     Built once per engine. One row comes back: the database joins the ids into one comma-separated
     string (``group_concat`` on SQLite, ``string_agg`` on PostgreSQL, through SQLAlchemy's
     ``aggregate_strings``) that numpy parses in C. The statement is compiled once for the engine's
-    dialect and run on a pooled DBAPI connection with the user id as a bound parameter. Measured on the
-    ml-1m store (SQLite): a median user (91 ratings) ~20 us against ~100 us for a Core ``select`` of the
-    rows, and the heaviest user (1,929 ratings) ~170 us against ~1,250 us, the per-row fetch and Python
-    loop having been the cost. Errors: :attr:`errors` lists what a failed read raises (SQLAlchemy's
-    errors and, as the DBAPI connection is used directly, the driver's).
+    dialect and run on a DBAPI connection with the user id as a bound parameter. Measured on the ml-1m
+    store (SQLite): a median user (91 ratings) ~20 us against ~100 us for a Core ``select`` of the rows,
+    and the heaviest user (1,929 ratings) ~170 us against ~1,250 us, the per-row fetch and Python loop
+    having been the cost.
+
+    Connections: on a SQLite file each thread that reads keeps one connection of its own, taken from
+    the engine (so with the engine's pragmas) and detached from its pool: checking a pooled connection
+    out and back in (with its reset) cost ~20 us a request, as much as the query. A SQLite ``SELECT``
+    outside a transaction reads the latest committed state, so a rating committed by any connection or
+    process is seen by the next read; should a transaction be open after a read, it is ended at once
+    (never a stale snapshot), and a connection that fails is closed and replaced on the next call.
+    Elsewhere (PostgreSQL: a server round trip, pre-ping and reset matter more) the pool is used per
+    call. :meth:`close` closes the kept connections. Errors: :attr:`errors` lists what a failed read
+    raises (SQLAlchemy's errors and, as the DBAPI connection is used directly, the driver's).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        sqlite_file = engine.dialect.name == "sqlite" and isinstance(engine.pool, QueuePool)
         # SQLite's group_concat takes integers; string_agg (PostgreSQL) and the others want text.
         movie_id = Rating.movie_id if engine.dialect.name == "sqlite" else cast(Rating.movie_id, String)
         ids = func.aggregate_strings(movie_id, ",")
@@ -69,9 +81,19 @@ class RatedMovieIds:
             raise AssertionError(f"unexpected parameters in {self.sql!r}: {compiled.positiontup}")
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self.errors: tuple[type[BaseException], ...] = (SQLAlchemyError, self._dbapi_error)
+        self._keep = sqlite_file
+        self._local = threading.local()
+        self._kept: list[Any] = []  # every thread's kept connection, for close()
+        self._lock = threading.Lock()
 
     def __call__(self, user_id: int) -> np.ndarray:
         uid = int(user_id)
+        text = self._read_kept(uid) if self._keep else self._read_pooled(uid)
+        if not text:
+            return np.empty(0, dtype=np.int64)
+        return np.fromstring(text, dtype=np.int64, sep=",")
+
+    def _read_pooled(self, uid: int) -> str | None:
         params: Any = (uid,) if self._positional else {"user_id": uid}
         conn = self.engine.raw_connection()
         try:
@@ -86,10 +108,45 @@ class RatedMovieIds:
             raise
         finally:
             conn.close()  # back to the pool (which rolls back the read transaction where there is one)
-        text = row[0] if row is not None else None
-        if not text:
-            return np.empty(0, dtype=np.int64)
-        return np.fromstring(text, dtype=np.int64, sep=",")
+        return row[0] if row is not None else None
+
+    def _read_kept(self, uid: int) -> str | None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            fairy = self.engine.raw_connection()  # through the pool: the engine's connect-time pragmas
+            fairy.detach()  # this thread's own from now on: the pool neither counts nor reuses it
+            conn = self._local.conn = fairy.dbapi_connection
+            with self._lock:
+                self._kept.append(conn)
+        try:
+            row = conn.execute(self.sql, (uid,)).fetchone()
+            if conn.in_transaction:  # not after a plain SELECT; never keep a snapshot open if so
+                conn.rollback()
+        except self._dbapi_error:
+            self._local.conn = None
+            self._forget(conn)
+            raise
+        return row[0] if row is not None else None
+
+    def _forget(self, conn: Any) -> None:
+        with self._lock:
+            if conn in self._kept:
+                self._kept.remove(conn)
+        try:
+            conn.close()
+        except self._dbapi_error:
+            pass
+
+    def close(self) -> None:
+        """Close the connections the reading threads kept (the engine's pool does not know them)."""
+        with self._lock:
+            kept, self._kept = self._kept, []
+        for conn in kept:
+            try:
+                conn.close()
+            except self._dbapi_error:
+                pass
+        self._local = threading.local()
 
 
 def user_ratings(s: Session, user_id: int) -> list[Rating]:
