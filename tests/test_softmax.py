@@ -220,6 +220,21 @@ def test_softmax_cross_entropy_excludes_inputs():
     assert float(got) == pytest.approx(want, rel=1e-6)
 
 
+def test_sampled_softmax_over_every_item_once_is_the_full_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6)
+    rows, targets = torch.tensor([0, 1, 2]), torch.tensor([4, 0, 5])
+    in_rows, in_items = torch.tensor([0, 2]), torch.tensor([1, 3])  # inputs leave their row's softmax
+    full = losses.softmax_cross_entropy(logits, rows, targets, in_rows, in_items)
+    neg = torch.arange(6)  # each item drawn once: q * draws = 1, log-Q correction 0
+    own = torch.cat([rows, in_rows]) * 6 + torch.cat([targets, in_items])
+    hits = torch.isin(torch.arange(3)[:, None] * 6 + neg[None, :], own)
+    sampled = losses.sampled_softmax_cross_entropy(
+        rows, logits[rows, targets], torch.zeros(3), logits, torch.zeros(6), hits
+    )
+    assert float(sampled) == pytest.approx(float(full), rel=1e-6)
+
+
 def test_stratified_split_and_precision():
     data = clustered(n_users=30, per_user=13)
     tr, te = stratified_user_split(data, 0.25, seed=3)

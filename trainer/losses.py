@@ -66,24 +66,25 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.
 
 def sampled_softmax_cross_entropy(
     target_rows: torch.Tensor,
-    target_items: torch.Tensor,
     pos_logits: torch.Tensor,
-    neg_items: torch.Tensor,
-    neg_logits: torch.Tensor,
     log_q_pos: torch.Tensor,
+    neg_logits: torch.Tensor,
     log_q_neg: torch.Tensor,
+    neg_mask: torch.Tensor | None = None,
     target_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax with the log-Q correction (Bengio & Senecal; Yi et al., RecSys 2019).
 
-    Each target competes against ``neg_items`` (shared by the batch, drawn with probabilities ``q``):
-    logits become ``s - log q`` so the sampled loss is an unbiased-in-the-limit estimate of the full
-    softmax's. ``pos_logits`` is (targets,), ``neg_logits`` (rows, negatives) for the batch rows that
-    ``target_rows`` index; a negative equal to the target (an "accidental hit") is removed from that target's
-    softmax. ``log_q_*`` are the log sampling probabilities times the number of draws.
+    Each target competes against negatives drawn (shared by the batch) with probabilities ``q``; logits
+    become ``s - log q`` so the sampled loss estimates the full softmax's. ``pos_logits`` is (targets,),
+    ``neg_logits`` (rows, negatives) for the batch rows that ``target_rows`` index; ``log_q_*`` are the log
+    sampling probabilities times the number of draws. ``neg_mask`` (rows, negatives) drops negatives
+    from a row's softmax (its own targets and inputs: "accidental hits"). The negatives' log-sum-exp is
+    computed once per row, so the cost is O(rows x negatives + targets), not targets x negatives.
     """
     pos = pos_logits.float() - log_q_pos
-    neg = neg_logits.float()[target_rows] - log_q_neg  # (targets, negatives)
-    neg = neg.masked_fill(neg_items.unsqueeze(0) == target_items.unsqueeze(1), float("-inf"))
-    all_logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
-    return _weighted_mean(torch.logsumexp(all_logits, dim=1) - pos, target_weights)
+    neg = neg_logits.float() - log_q_neg
+    if neg_mask is not None:
+        neg = neg.masked_fill(neg_mask, float("-inf"))
+    lse_neg = torch.logsumexp(neg, dim=1)[target_rows]
+    return _weighted_mean(torch.logaddexp(pos, lse_neg) - pos, target_weights)

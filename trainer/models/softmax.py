@@ -339,8 +339,11 @@ class SoftmaxModel(Recommender):
                         v = module.out_emb.weight
                         pos_logits = (u[tgt_rows] * v[tgt_items]).sum(1) + module.out_bias[tgt_items]
                         neg_logits = u @ v[neg].T + module.out_bias[neg]
+                        # A row's own targets and inputs are not negatives for it (accidental hits).
+                        own = torch.cat([tgt_rows, in_rows]) * n_items + torch.cat([tgt_items, in_items])
+                        hits = torch.isin(rows[:, None] * n_items + neg[None, :], own)
                         loss = losses.sampled_softmax_cross_entropy(
-                            tgt_rows, tgt_items, pos_logits, neg, neg_logits, log_q[tgt_items], log_q[neg], tw
+                            tgt_rows, pos_logits, log_q[tgt_items], neg_logits, log_q[neg], hits, tw
                         )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
