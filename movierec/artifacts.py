@@ -69,6 +69,8 @@ __all__ = [
     "publish",
     "set_latest",
     "latest_version",
+    "latest_kinds",
+    "pointer_name",
     "list_versions",
     "load_version",
     "cleanup_stale_tmp",
@@ -279,9 +281,7 @@ class Manifest(ManifestDraft):
     @model_validator(mode="after")
     def _check_version(self) -> Manifest:
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(
-                f"unknown schema_version {self.schema_version} (this code reads {SCHEMA_VERSION})"
-            )
+            raise ValueError(f"unknown schema_version {self.schema_version} (this code reads {SCHEMA_VERSION})")
         m = _VERSION_RE.match(self.version)
         if m is None:
             raise ValueError(f"version {self.version!r} is not YYYYMMDDTHHMMSS.ffffffZ-<kind>-<6 hex>")
@@ -487,9 +487,7 @@ def publish(
         version = new_version_name(draft.model_kind, now)
     match = _VERSION_RE.match(version)
     if match is None:
-        raise ArtifactError(
-            f"publish: version name {version!r} is not YYYYMMDDTHHMMSS.ffffffZ-<kind>-<6 hex>"
-        )
+        raise ArtifactError(f"publish: version name {version!r} is not YYYYMMDDTHHMMSS.ffffffZ-<kind>-<6 hex>")
     if now is None:
         now = datetime.strptime(match.group(1), _VERSION_TIME_FORMAT).replace(tzinfo=UTC)
     where = f"publish {version}"
@@ -529,12 +527,27 @@ def publish(
         raise ArtifactError(f"{where}: writing {tmp} failed: {e}") from e
     logger.info("published artifact version %s (%d arrays) under %s", version, len(arrays), root)
     if make_latest:
+        set_latest(root, version, kind=draft.model_kind)  # the kind's pointer first, then the global one
         set_latest(root, version)
     return final
 
 
-def set_latest(root: str | os.PathLike[str], version: str) -> None:
-    """Atomically point ``ROOT/latest`` at ``version`` (publishing, or rolling back to an older one).
+def pointer_name(kind: str | None = None) -> str:
+    """``latest`` (the newest version of any kind) or ``latest-<kind>`` (the newest of one kind).
+
+    Why both: the service serves several model kinds side by side (``?model=als``); each kind's pointer
+    says which version of that kind is current, while ``latest`` keeps meaning "what was published last".
+    """
+    if kind is None:
+        return LATEST_POINTER
+    if not re.fullmatch(_KIND_PATTERN, kind):
+        raise ArtifactError(f"{kind!r} is not a model kind name")
+    return f"{LATEST_POINTER}-{kind}"
+
+
+def set_latest(root: str | os.PathLike[str], version: str, kind: str | None = None) -> None:
+    """Atomically point ``ROOT/latest`` (or ``ROOT/latest-<kind>``) at ``version`` (publishing, or rolling
+    back to an older one).
 
     Writes ``ROOT/.latest.tmp-<random>`` (a unique name, so concurrent publishers never write into the
     same temporary file), fsyncs it, ``os.replace``s it onto ``ROOT/latest`` and fsyncs ROOT. Readers see
@@ -548,7 +561,7 @@ def set_latest(root: str | os.PathLike[str], version: str) -> None:
     tmp = root / f"{_LATEST_TMP_PREFIX}-{secrets.token_hex(4)}"
     try:
         _write_bytes_durably(tmp, f"{version}\n".encode())
-        os.replace(tmp, root / LATEST_POINTER)
+        os.replace(tmp, root / pointer_name(kind))
         _fsync_dir(root)
     except OSError as e:
         try:
@@ -556,7 +569,7 @@ def set_latest(root: str | os.PathLike[str], version: str) -> None:
         except OSError:
             pass
         raise ArtifactError(f"{root}: switching latest to {version} failed: {e}") from e
-    logger.info("latest -> %s under %s", version, root)
+    logger.info("%s -> %s under %s", pointer_name(kind), version, root)
 
 
 def cleanup_stale_tmp(root: str | os.PathLike[str], older_than_s: float = 3600.0) -> list[Path]:
@@ -597,26 +610,39 @@ def list_versions(root: str | os.PathLike[str]) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
+    return sorted(e.name for e in root.iterdir() if _VERSION_RE.match(e.name) and (e / MANIFEST_FILE).is_file())
+
+
+def latest_kinds(root: str | os.PathLike[str]) -> list[str]:
+    """Model kinds with a ``latest-<kind>`` pointer under ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    prefix = f"{LATEST_POINTER}-"
     return sorted(
-        e.name for e in root.iterdir() if _VERSION_RE.match(e.name) and (e / MANIFEST_FILE).is_file()
+        e.name[len(prefix) :]
+        for e in root.iterdir()
+        if e.name.startswith(prefix) and re.fullmatch(_KIND_PATTERN, e.name[len(prefix) :])
     )
 
 
-def latest_version(root: str | os.PathLike[str]) -> Path:
-    """The folder ``ROOT/latest`` points at; :class:`ArtifactError` when nothing is published."""
+def latest_version(root: str | os.PathLike[str], kind: str | None = None) -> Path:
+    """The folder ``ROOT/latest`` (or ``ROOT/latest-<kind>``) points at; :class:`ArtifactError` when
+    nothing is published."""
     root = Path(root)
-    pointer = root / LATEST_POINTER
+    pointer_file = pointer_name(kind)
+    pointer = root / pointer_file
     try:
         name = pointer.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise ArtifactError(f"{root}: no '{LATEST_POINTER}' pointer (nothing published here yet?)") from None
+        raise ArtifactError(f"{root}: no '{pointer_file}' pointer (nothing published here yet?)") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{root}: cannot read the '{LATEST_POINTER}' pointer: {e}") from e
+        raise ArtifactError(f"{root}: cannot read the '{pointer_file}' pointer: {e}") from e
     if not _VERSION_RE.match(name):
-        raise ArtifactError(f"{root}: '{LATEST_POINTER}' pointer holds {name[:80]!r}, not a version name")
+        raise ArtifactError(f"{root}: '{pointer_file}' pointer holds {name[:80]!r}, not a version name")
     folder = root / name
     if not folder.is_dir():
-        raise ArtifactError(f"{root}: '{LATEST_POINTER}' points at {name}, which does not exist")
+        raise ArtifactError(f"{root}: '{pointer_file}' points at {name}, which does not exist")
     return folder
 
 
@@ -750,9 +776,7 @@ def load_version(path: str | os.PathLike[str], *, mmap: bool = False) -> ModelAr
         raise ArtifactError(f"{where}: {MANIFEST_FILE} must hold a JSON object")
     schema = raw.get("schema_version")
     if schema != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{where}: unknown manifest schema_version {schema!r} (this code reads {SCHEMA_VERSION})"
-        )
+        raise ArtifactError(f"{where}: unknown manifest schema_version {schema!r} (this code reads {SCHEMA_VERSION})")
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as e:

@@ -46,10 +46,22 @@ class ServiceSettings(BaseSettings):
     # model updates: poll the artifacts' `latest` pointer and swap in a new version without a restart
     reload_interval_s: float = Field(5.0, ge=0, description="0 disables polling")
 
+    # models: several kinds are served side by side; `?model=NAME` picks one per request
+    models: str = Field("all", description="comma-separated model kinds to load, or all")
+    recommend_model: str = Field("auto", description="default kind for recommendations; auto = best NDCG@10")
+    predict_model: str = Field("auto", description="default kind for predictions; auto = best RMSE")
+    rerank_candidates: int = Field(100, ge=1, le=10_000, description="sequence: MF candidates it re-ranks")
+
     # cold start: popular movies by a damped (Bayesian) mean rating
     popularity_prior: float = Field(
         20.0, gt=0, description="pseudo-ratings at the global mean added to each movie's mean (damping)"
     )
+
+    def model_kinds(self) -> set[str] | None:
+        """The kinds to load, or None for every kind published."""
+        if self.models.strip().lower() == "all":
+            return None
+        return {k.strip() for k in self.models.split(",") if k.strip()}
 
     @model_validator(mode="after")
     def _check(self) -> ServiceSettings:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import ServiceSettings
 from service.errors import validation_error
 from service.model_state import LoadedModel
-from service.reloader import ModelHolder
+from service.reloader import ModelHolder, Purpose
 
 # Dependencies that do no I/O are ``async``: FastAPI runs a plain ``def`` dependency in the thread pool,
 # and a thread hop per dependency per request costs more than everything they do (measured: 4-5 hops put
@@ -31,14 +31,22 @@ async def get_sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-def current_model(request: Request) -> LoadedModel:
-    """The model serving right now; 503 (with the reason) while none is loaded."""
+def current_model(request: Request, kind: str | None = None, purpose: Purpose = "recommend") -> LoadedModel:
+    """The model of ``kind`` (``?model=``), or the purpose's default; 422 for a kind not loaded, 503 (with
+    the reason) while none is loaded."""
     holder: ModelHolder = request.app.state.holder
-    model = holder.current
-    if model is None:
-        reason = holder.last_error or "no model has been loaded yet"
-        raise HTTPException(status_code=503, detail=f"no model loaded: {reason}", headers={"Retry-After": "5"})
-    return model
+    model = holder.get(kind, purpose)
+    if model is not None:
+        return model
+    loaded = ", ".join(sorted(holder.models))
+    if kind is not None and loaded:
+        raise validation_error("model", f"model {kind!r} is not loaded; loaded models: {loaded}")
+    if loaded:
+        default = holder.default_kind(purpose)
+        detail = f"the default {purpose} model {default!r} is not loaded (loaded: {loaded}); pass ?model="
+    else:
+        detail = f"no model loaded: {holder.last_error or 'no model has been loaded yet'}"
+    raise HTTPException(status_code=503, detail=detail, headers={"Retry-After": "5"})
 
 
 async def get_model(request: Request) -> LoadedModel:

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,8 @@ class LoadedModel:
     genre_lists: list[list[str]]
     loaded_at: float = field(default_factory=time.time)
     load_seconds: float = 0.0
+    # kind "sequence": the ONNX model (onnxruntime) that predicts ratings; its factors retrieve candidates
+    scorer: Any = None
     # Per-movie JSON, rendered on first use (see movie_json); a list slot write is atomic, and two
     # requests racing to fill one slot write the same bytes.
     _movie_json: list[bytes | None] = field(init=False, repr=False)
@@ -134,13 +137,48 @@ class LoadedModel:
             frag = self._movie_json[code] = orjson.dumps(self.movie_info(code))[:-1]
         return frag
 
+    @property
+    def kind(self) -> str:
+        return self.artifact.manifest.model_kind
+
     def predict_codes(self, user_codes: np.ndarray, item_codes: np.ndarray) -> np.ndarray:
+        if self.scorer is not None:
+            return np.asarray(self.scorer.predict(user_codes, item_codes), dtype=np.float64)
         return artifacts.predict(self.artifact, user_codes, item_codes)
+
+    def fold_in(self, item_codes: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """A user vector and bias from a list of ratings against the fixed movie factors, with numpy alone:
+        the ALS user step (``als``) or the tower over the user's bag (``softmax``); None for other kinds,
+        which answer such users with popular movies."""
+        art = self.artifact
+        if self.kind == "als":
+            from movierec.foldin import fold_in_from_artifact
+
+            vector, bias = fold_in_from_artifact(art, item_codes, ratings)
+            return np.asarray(vector, dtype=np.float32), float(bias)
+        if self.kind == "softmax":
+            from movierec import towers
+
+            hp = art.manifest.hyperparameters
+            vector = towers.embed_user(art.arrays, hp, item_codes, ratings)
+            bias = towers.user_bias(art.arrays, hp, art.manifest.global_offset, vector, item_codes, ratings)
+            return np.asarray(vector, dtype=np.float32), float(bias)
+        return None
+
+    def predict_vector(self, vector: np.ndarray, bias: float, item_codes: np.ndarray) -> np.ndarray:
+        """The artifact's prediction formula for a folded-in user (vector, bias) and several movies."""
+        art = self.artifact
+        m = art.manifest
+        raw = art.item_factors[item_codes].astype(np.float64) @ vector.astype(np.float64)
+        raw += bias + art.item_bias[item_codes].astype(np.float64) + m.global_offset
+        return artifacts.apply_output_transform(raw, m.output, m.rating_scale)
 
     def predict_user(self, user_code: int, item_codes: np.ndarray) -> np.ndarray:
         """:func:`movierec.artifacts.predict` for one user and several movies (float64, same formula and
         transform) without the reference's per-call argument checks: the codes come from the id maps and
         the index, so they are in range. Equal to the reference up to float64 rounding (~1e-16)."""
+        if self.scorer is not None:
+            return self.predict_codes(np.full(len(item_codes), user_code), np.asarray(item_codes))
         art = self.artifact
         m = art.manifest
         uf = art.user_factors[user_code].astype(np.float64)
@@ -198,6 +236,17 @@ def _plain_id(value: object) -> int | str:
     return int(value) if isinstance(value, np.integer | int) else str(value)
 
 
+def _sequence_scorer(art: ModelArtifact) -> Any:
+    if "sequence_onnx" not in art.arrays:
+        return None
+    from movierec.sequence_runtime import SequenceScorer
+
+    try:
+        return SequenceScorer.from_artifact(art)
+    except Exception as e:  # onnxruntime refuses the graph: the version is unusable, refuse it whole
+        raise artifacts.ArtifactError(f"{art.path}: the sequence model (sequence_onnx) cannot be loaded: {e}") from e
+
+
 def load_model(path: Path, settings: ServiceSettings) -> LoadedModel:
     """Load and fully validate a version (or an artifacts root's latest), then build its indexes.
 
@@ -236,6 +285,7 @@ def load_model(path: Path, settings: ServiceSettings) -> LoadedModel:
         genre_columns={name.lower(): j for j, name in enumerate(names)},
         genre_lists=genre_lists,
         load_seconds=time.perf_counter() - t0,
+        scorer=_sequence_scorer(art),
     )
     log.info("model %s ready in %.2fs (%d users, %d movies)", art.version, model.load_seconds, art.n_users, art.n_items)
     return model

@@ -44,8 +44,9 @@ class RecommendedMovie(Movie):
 class Recommendations(BaseModel):
     user_id: int
     model_version: str
-    strategy: Literal["model", "popular"] = Field(
-        description="model: the user's embedding; popular: damped mean rating (user unknown to the model)"
+    strategy: Literal["model", "popular", "fold_in"] = Field(
+        description="model: the user's embedding; fold_in: an embedding computed now from the user's store "
+        "ratings (als, softmax); popular: damped mean rating (user unknown to the model)"
     )
     similarity: Similarity
     items: list[RecommendedMovie]

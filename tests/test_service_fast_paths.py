@@ -119,6 +119,9 @@ def test_movie_fragments_escape_text_and_non_finite_numbers_become_null(model):
 KClassic = Annotated[int | None, Query(ge=1, description="number of results")]
 
 
+RECOMMEND_MODEL_HELP = "model kind (mf, als, gravity, softmax, sequence); default: MOVIEREC_RECOMMEND_MODEL"
+
+
 def _classic_app() -> FastAPI:
     """The three routes with their parameters declared the plain FastAPI way (what the service had)."""
     app = FastAPI()
@@ -133,18 +136,26 @@ def _classic_app() -> FastAPI:
             Literal["none", "popular"], Query(description="popular: answer unknown users with popular movies")
         ] = "none",
         k: KClassic = None,
+        model: Annotated[str | None, Query(description=RECOMMEND_MODEL_HELP)] = None,
     ) -> dict:
-        return {"similarity": similarity, "exclude_rated": exclude_rated, "genre": genre, "fallback": fallback, "k": k}
+        return {"similarity": similarity, "exclude_rated": exclude_rated, "genre": genre, "fallback": fallback,
+                "k": k, "model": model}  # fmt: skip
 
     @app.get("/similar")
-    async def similar(similarity: Similarity = "cosine", genre: str | None = None, k: KClassic = None) -> dict:
-        return {"similarity": similarity, "genre": genre, "k": k}
+    async def similar(
+        similarity: Similarity = "cosine",
+        genre: str | None = None,
+        k: KClassic = None,
+        model: Annotated[str | None, Query(description="model kind; default: MOVIEREC_RECOMMEND_MODEL")] = None,
+    ) -> dict:
+        return {"similarity": similarity, "genre": genre, "k": k, "model": model}
 
     @app.get("/predict")
     async def predict(
         strict: Annotated[bool, Query(description="404 for an unknown user or movie instead of a fallback")] = False,
+        model: Annotated[str | None, Query(description="model kind; default: MOVIEREC_PREDICT_MODEL")] = None,
     ) -> dict:
-        return {"strict": strict}
+        return {"strict": strict, "model": model}
 
     return app
 
@@ -189,6 +200,7 @@ QUERIES = [
     {"strict": "1"},
     {"strict": "nope"},
     {"unknown": "1", "k": "2"},
+    {"model": "als"},
 ]
 
 
@@ -214,10 +226,10 @@ def test_service_openapi_documents_every_query_parameter(trained, tmp_path):  # 
     spec = create_app(settings).openapi()["paths"]
     names = {p: [x["name"] for x in op.get("parameters", [])] for p, ops in spec.items() for op in ops.values()}
     assert names["/users/{user_id}/recommendations"] == [
-        "user_id", "similarity", "exclude_rated", "genre", "fallback", "k",
+        "user_id", "similarity", "exclude_rated", "genre", "fallback", "k", "model",
     ]  # fmt: skip
-    assert names["/movies/{movie_id}/similar"] == ["movie_id", "similarity", "genre", "k"]
-    assert names["/predict"] == ["strict"]
+    assert names["/movies/{movie_id}/similar"] == ["movie_id", "similarity", "genre", "k", "model"]
+    assert names["/predict"] == ["strict", "model"]
     ok = spec["/users/{user_id}/recommendations"]["get"]["responses"]["200"]["content"]["application/json"]
     assert ok["schema"] == {"$ref": "#/components/schemas/Recommendations"}
     assert spec["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"] == {

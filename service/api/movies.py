@@ -52,6 +52,7 @@ class SimilarQuery(QueryModel):
     similarity: Similarity = "cosine"
     genre: str | None = None
     k: int | None = Field(None, ge=1, description="number of results")
+    model: str | None = Field(None, description="model kind; default: MOVIEREC_RECOMMEND_MODEL")
 
 
 @router.get(
@@ -62,8 +63,8 @@ class SimilarQuery(QueryModel):
 )
 async def similar(request: Request, movie_id: MovieIdPath) -> Response:
     """Nearest movies by cosine or dot product of the movie embeddings; the movie itself is excluded."""
-    model = current_model(request)  # a hot path: no dependencies, one query validation (see QueryModel)
-    q = SimilarQuery.from_request(request)
+    q = SimilarQuery.from_request(request)  # a hot path: no dependencies, one query validation
+    model = current_model(request, q.model, "recommend")
     k = resolve_k(request, q.k)
     code = model.items.code(movie_id)
     if code is None:

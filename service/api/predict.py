@@ -16,6 +16,7 @@ router = APIRouter(tags=["predictions"])
 
 class PredictQuery(QueryModel):
     strict: bool = Field(False, description="404 for an unknown user or movie instead of a fallback")
+    model: str | None = Field(None, description="model kind; default: MOVIEREC_PREDICT_MODEL")
 
 
 @router.post(
@@ -27,8 +28,9 @@ class PredictQuery(QueryModel):
 async def predict(request: Request, body: PredictRequest) -> Response:
     """Ratings on the model's scale. Unknown ids get a documented fallback (see ``strategy``) or, with
     ``strict=true``, a 404 naming the id."""
-    model = current_model(request)  # a hot path: no dependencies, one query validation (see QueryModel)
-    strict = PredictQuery.from_request(request).strict
+    q = PredictQuery.from_request(request)  # a hot path: no dependencies, one query validation
+    model = current_model(request, q.model, "predict")
+    strict = q.strict
     if body.pairs is None:  # one pair: scalar lookups
         user_id, movie_id = int(body.user_id), int(body.movie_id)  # type: ignore[arg-type]
         ucode, icode = model.users.code(user_id), model.items.code(movie_id)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydantic import Field
 
 from service import render
-from service.api.store_access import rated_movie_ids
+from service.api.store_access import in_session, rated_movie_ids
 from service.deps import QueryModel, current_model, resolve_k
 from service.errors import validation_error
 from service.model_state import LoadedModel
@@ -38,6 +38,22 @@ class RecommendationQuery(QueryModel):
         "none", description="popular: answer unknown users with popular movies"
     )
     k: int | None = Field(None, ge=1, description="number of results")
+    model: str | None = Field(None, description="model kind (mf, als, gravity, softmax, sequence); default: "
+                              "MOVIEREC_RECOMMEND_MODEL")  # fmt: skip
+
+
+async def _store_ratings(request: Request, user_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The user's (movie id, rating) pairs from the store, for a fold-in; None when it is unreachable."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.store import repository
+
+    try:
+        rows = await in_session(request.app.state.sessions, lambda s: repository.user_ratings(s, user_id))
+    except SQLAlchemyError:
+        return None
+    return (np.asarray([r.movie_id for r in rows], dtype=np.int64),
+            np.asarray([r.rating for r in rows], dtype=np.float64))  # fmt: skip
 
 
 @router.get(
@@ -54,8 +70,8 @@ async def recommend(request: Request, user_id: Annotated[int, Path(ge=0, le=2**6
     """
     # The hot path: no dependencies, the query validated in one call, the body written directly (see
     # QueryModel and service.render); the behaviour is the declared one, checked against brute force.
-    model = current_model(request)
     q = RecommendationQuery.from_request(request)
+    model = current_model(request, q.model, "recommend")
     k = resolve_k(request, q.k)
     similarity = q.similarity
     allowed = genre_filter(model, q.genre)
@@ -71,9 +87,30 @@ async def recommend(request: Request, user_id: Annotated[int, Path(ge=0, le=2**6
     if code is not None:
         # duplicates are fine: the index only marks these codes ineligible
         exclude = np.concatenate((art.rated_items(code), posted)) if q.exclude_rated else None
+        if model.scorer is not None:  # sequence: re-rank the retrieval candidates by its predicted rating
+            depth = max(k, request.app.state.settings.rerank_candidates)
+            pool = model.index.recommend(art.user_factors[code], depth, similarity, exclude=exclude, allowed=allowed)
+            rated = model.predict_user(code, pool.codes)
+            order = np.lexsort((pool.codes, -rated))[:k]
+            codes, predicted = pool.codes[order], rated[order]
+            return render.recommendations(model, user_id, "model", similarity, codes, predicted, predicted)
         found = model.index.recommend(art.user_factors[code], k, similarity, exclude=exclude, allowed=allowed)
         predicted = model.predict_user(code, found.codes)
-        strategy: Literal["model", "popular"] = "model"
+        strategy: Literal["model", "popular", "fold_in"] = "model"
+    elif store_rated is not None and len(store_rated) and model.kind in ("als", "softmax"):
+        # a user created through the API: a closed-form / tower embedding from their ratings, no retraining
+        pairs = await _store_ratings(request, user_id)
+        if pairs is None:
+            raise HTTPException(503, "the ratings store is unreachable; retry later", headers={"Retry-After": "5"})
+        codes = model.items.codes(pairs[0])
+        keep = codes >= 0
+        folded = model.fold_in(codes[keep], pairs[1][keep])
+        assert folded is not None
+        vector, bias = folded
+        found = model.index.recommend(vector, k, similarity, exclude=posted if q.exclude_rated else None,
+                                      allowed=allowed)  # fmt: skip
+        predicted = model.predict_vector(vector, bias, found.codes)
+        strategy = "fold_in"
     else:
         if (store_rated is None or not len(store_rated)) and q.fallback != "popular":
             if store_rated is None:
