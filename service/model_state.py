@@ -11,8 +11,8 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
