@@ -14,9 +14,10 @@ regresses ``z - b`` on ``[U, 1]`` to get ``[V_j, c_j]``.
 
 Vectorised, with no Python loop over users or movies: the ratings are stored once per side as a CSR
 matrix (rows = the entities being solved), every row's Gram matrix is one sparse-dense product of that
-matrix with the row-wise outer products of the fixed side's vectors (upper triangle only, chunked over
-rows to bound memory), and all the (k x k) systems are solved at once with a batched Cholesky. Works the
-same on CPU and CUDA.
+matrix with the row-wise outer products of the fixed side's vectors (upper triangle only), and all the
+(k x k) systems are solved at once with a batched Cholesky. Rows and triangle entries are processed in
+chunks so no dense block exceeds GRAM_CHUNK_FLOATS (ml-1m at dim 24 is one chunk). Works the same on
+CPU and CUDA. The model keeps the by-user CSR of its training data after fit for :meth:`ALSModel.user_step`.
 
 Target space: ``output="linear"`` fits the ratings themselves, ``output="sigmoid"`` fits
 ``logit((r - low) / (high - low))`` on the range [scale.low - 0.5, scale.high + 0.5] and maps predictions
