@@ -1,7 +1,7 @@
 """Holds the served models (one per kind) and swaps in new versions: load aside, validate fully, then one
 assignment.
 
-Each model kind has its own pointer (``latest-<kind>``, written by the trainer's publish); the holder loads
+Each model kind has its own pointer (``latest-<kind>``, written by the trainer); the holder loads
 the current version of every kind it finds (``MOVIEREC_MODELS`` narrows the set) and keeps them side by
 side, so ``?model=als`` and ``?model=mf`` can be compared live. A failed load (corrupt, half-written or
 invalid version) is logged and recorded in ``last_error`` (shown by ``GET /model``) and the model already
@@ -10,7 +10,7 @@ version is picked up without a restart.
 
 Defaults: ``recommend_model`` / ``predict_model`` name the kind each endpoint uses without ``?model=``;
 ``auto`` picks, among the loaded models, the best test NDCG@10 for recommendations and the best test RMSE
-for predictions (from each manifest's metrics), falling back to the most recently published kind.
+for predictions (from each manifest's metrics), falling back to the newest version's kind.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class ModelHolder:
 
     def _wanted_kinds(self) -> list[str]:
         kinds = artifacts.latest_kinds(self.root)
-        if not kinds:  # artifacts published before per-kind pointers: the global pointer's kind
+        if not kinds:  # artifacts from before per-kind pointers: the global pointer's kind
             try:
                 name = artifacts.latest_version(self.root).name
                 kinds = [name.split("-")[1]]
