@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +57,53 @@ class History:
 
     def as_dicts(self) -> list[dict[str, float | int | None]]:
         return [vars(e).copy() for e in self.epochs]
+
+
+def record_epoch(
+    history: History, metrics: EpochMetrics, on_epoch: Callable[[EpochMetrics], None] | None, what: str
+) -> None:
+    """Append an epoch's metrics, report them, and stop on a non-finite training loss (``what`` says how)."""
+    history.epochs.append(metrics)
+    if on_epoch is not None:
+        on_epoch(metrics)
+    if not math.isfinite(metrics.train_loss):
+        raise FloatingPointError(f"training diverged at epoch {metrics.epoch} (loss {metrics.train_loss}); {what}")
+
+
+@dataclass
+class EarlyStopping:
+    """Best-epoch bookkeeping shared by every model's epoch loop.
+
+    ``snapshot`` captures the state to restore (a state_dict copy, or tensors an ALS sweep replaced);
+    ``update`` is called once per epoch with the validation value (lower is better) and says whether to
+    stop; ``restore`` puts the best state back at the end (or, with no validation, names the last epoch).
+    """
+
+    patience: int
+    snapshot: Callable[[], Any]
+    best: float = math.inf
+    since_best: int = 0
+    best_state: Any = None
+
+    def update(self, value: float | None, epoch: int, history: History) -> bool:
+        if value is None or self.patience <= 0:
+            return False
+        if value < self.best - 1e-6:
+            self.best, self.since_best, history.best_epoch = value, 0, epoch
+            self.best_state = self.snapshot()
+            return False
+        self.since_best += 1
+        if self.since_best < self.patience:
+            return False
+        history.stopped_early = True
+        log.info("early stop at epoch %d; best epoch %s", epoch, history.best_epoch)
+        return True
+
+    def restore(self, history: History, load: Callable[[Any], None]) -> None:
+        if self.best_state is not None:
+            load(self.best_state)
+        elif history.epochs:
+            history.best_epoch = history.epochs[-1].epoch
 
 
 @dataclass(frozen=True)
@@ -157,9 +205,7 @@ def fit(
     sched = make_scheduler(opt, cfg, steps)
     use_amp = cfg.amp and device.type == "cuda"
     history = History()
-    best_rmse = math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    since_best = 0
+    stopper = EarlyStopping(cfg.patience, lambda: copy.deepcopy(model.state_dict()))
     regularizer = getattr(model, "regularizer", None)
 
     for epoch in range(1, cfg.epochs + 1):
@@ -202,23 +248,8 @@ def fit(
             lr=float(opt.param_groups[0]["lr"]),
             seconds=time.perf_counter() - t0,
         )
-        history.epochs.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
-        if valid_rmse is not None and cfg.patience > 0:
-            if valid_rmse < best_rmse - 1e-6:
-                best_rmse, since_best, history.best_epoch = valid_rmse, 0, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                since_best += 1
-                if since_best >= cfg.patience:
-                    history.stopped_early = True
-                    log.info("early stop at epoch %d; best epoch %s", epoch, history.best_epoch)
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    elif history.epochs:
-        history.best_epoch = history.epochs[-1].epoch
+        record_epoch(history, metrics, on_epoch, "lower the lr")
+        if stopper.update(valid_rmse, epoch, history):
+            break
+    stopper.restore(history, model.load_state_dict)
     return history

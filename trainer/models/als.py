@@ -41,7 +41,7 @@ import torch
 
 from trainer.data.dataset import RatingsData
 from trainer.models.base import ModelExport, Recommender, register
-from trainer.training import EpochMetrics, History
+from trainer.training import EarlyStopping, EpochMetrics, History, record_epoch
 
 SIGMOID_MARGIN = 0.5  # same range as mf's sigmoid output: half a star beyond the scale on each side
 GRAM_CHUNK_FLOATS = 1 << 24  # the largest dense block a half-step materialises (64 MiB in float32)
@@ -299,7 +299,8 @@ class ALSModel(Recommender):
         self.bi = zeros(train.n_items, dtype=self.dtype, device=self.device) if p.biased else None
 
         history = History()
-        best_rmse, best_state, since_best = math.inf, None, 0
+        # every half-step makes new tensors, so the snapshot is just the references
+        stopper = EarlyStopping(p.patience, lambda: (self.U, self.V, self.bu, self.bi))
         n = len(train)
         for sweep in range(1, p.sweeps + 1):
             t0 = time.perf_counter()
@@ -324,24 +325,14 @@ class ALSModel(Recommender):
                 lr=0.0,
                 seconds=time.perf_counter() - t0,
             )
-            history.epochs.append(m)
-            if on_epoch is not None:
-                on_epoch(m)
-            if not math.isfinite(m.train_loss):
-                raise FloatingPointError(f"ALS diverged at sweep {sweep}; raise the lambdas")
-            if valid_rmse is not None and p.patience > 0:
-                if valid_rmse < best_rmse - 1e-6:
-                    best_rmse, since_best, history.best_epoch = valid_rmse, 0, sweep
-                    best_state = (self.U, self.V, self.bu, self.bi)  # every half-step makes new tensors
-                else:
-                    since_best += 1
-                    if since_best >= p.patience:
-                        history.stopped_early = True
-                        break
-        if best_state is not None:
-            self.U, self.V, self.bu, self.bi = best_state
-        elif history.epochs:
-            history.best_epoch = history.epochs[-1].epoch
+            record_epoch(history, m, on_epoch, "raise the lambdas")
+            if stopper.update(valid_rmse, sweep, history):
+                break
+
+        def load(state: tuple[torch.Tensor, ...]) -> None:
+            self.U, self.V, self.bu, self.bi = state
+
+        stopper.restore(history, load)
         return history
 
     def _penalty(self, by_user: RatingsSide, by_item: RatingsSide) -> float:

@@ -48,11 +48,13 @@ from trainer import losses
 from trainer.data.dataset import RatingScale, RatingsData
 from trainer.models.base import ModelExport, Recommender, register
 from trainer.training import (
+    EarlyStopping,
     EpochMetrics,
     History,
     OptimConfig,
     make_optimizer,
     make_scheduler,
+    record_epoch,
     resolve_batch_size,
 )
 
@@ -394,7 +396,7 @@ class SequenceModel(Recommender):
         log.info("sequence: %d windows of %d tokens in batches of %d on %s", n, p.length, batch, dev)
 
         history = History()
-        best, best_state, since_best = math.inf, None, 0
+        stopper = EarlyStopping(p.optim.patience, lambda: copy.deepcopy(module.state_dict()))
         for epoch in range(1, p.optim.epochs + 1):
             t0 = time.perf_counter()
             module.train()
@@ -422,25 +424,10 @@ class SequenceModel(Recommender):
                 lr=float(opt.param_groups[0]["lr"]),
                 seconds=time.perf_counter() - t0,
             )
-            history.epochs.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
-            if not math.isfinite(train_mse):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_mse}); lower the lr")
-            if valid_rmse is not None and p.optim.patience > 0:
-                if valid_rmse < best - 1e-6:
-                    best, since_best, history.best_epoch = valid_rmse, 0, epoch
-                    best_state = copy.deepcopy(module.state_dict())
-                else:
-                    since_best += 1
-                    if since_best >= p.optim.patience:
-                        history.stopped_early = True
-                        log.info("early stop at epoch %d; best epoch %s", epoch, history.best_epoch)
-                        break
-        if best_state is not None:
-            module.load_state_dict(best_state)
-        elif history.epochs:
-            history.best_epoch = history.epochs[-1].epoch
+            record_epoch(history, metrics, on_epoch, "lower the lr")
+            if stopper.update(valid_rmse, epoch, history):
+                break
+        stopper.restore(history, module.load_state_dict)
 
         self.seq_items, self.seq_ratings = last_histories(
             seen.users, seen.items, seen.ratings, seen.timestamps, n_users, p.length - 1, self.seed

@@ -44,7 +44,15 @@ from trainer import losses
 from trainer.data.dataset import RatingScale, RatingsData
 from trainer.models.base import ModelExport, Recommender, register
 from trainer.models.mf import N_YEAR_BUCKETS, year_buckets
-from trainer.training import EpochMetrics, History, OptimConfig, make_optimizer, make_scheduler
+from trainer.training import (
+    EarlyStopping,
+    EpochMetrics,
+    History,
+    OptimConfig,
+    make_optimizer,
+    make_scheduler,
+    record_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +314,7 @@ class SoftmaxModel(Recommender):
         log.info("softmax: %d users in batches of %d on %s", len(examples), batch, dev)
 
         history = RankingHistory()
-        best, best_state, since_best = math.inf, None, 0
+        stopper = EarlyStopping(p.optim.patience, lambda: copy.deepcopy(module.state_dict()))
         for epoch in range(1, p.optim.epochs + 1):
             t0 = time.perf_counter()
             module.train()
@@ -363,25 +371,10 @@ class SoftmaxModel(Recommender):
                 lr=float(opt.param_groups[0]["lr"]),
                 seconds=time.perf_counter() - t0,
             )
-            history.epochs.append(metrics)
-            if on_epoch is not None:
-                on_epoch(metrics)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch} (loss {train_loss}); lower the lr")
-            if valid_loss is not None and p.optim.patience > 0:
-                if valid_loss < best - 1e-6:
-                    best, since_best, history.best_epoch = valid_loss, 0, epoch
-                    best_state = copy.deepcopy(module.state_dict())
-                else:
-                    since_best += 1
-                    if since_best >= p.optim.patience:
-                        history.stopped_early = True
-                        log.info("early stop at epoch %d; best epoch %s", epoch, history.best_epoch)
-                        break
-        if best_state is not None:
-            module.load_state_dict(best_state)
-        elif history.epochs:
-            history.best_epoch = history.epochs[-1].epoch
+            record_epoch(history, metrics, on_epoch, "lower the lr")
+            if stopper.update(valid_loss, epoch, history):
+                break
+        stopper.restore(history, module.load_state_dict)
 
         # Serving state: every user embedded from all they rated (train + validation), then the rating map.
         seen = train if valid is None or len(valid) == 0 else _concat(train, valid)
