@@ -162,7 +162,9 @@ def test_train_flags_that_do_not_exist_are_refused():
 
 def test_make_up_runs_movierec_up_on_the_shared_data():
     """`make up` = set up .venv, then `movierec up --data <shared ml-latest-small>` (tested in test_cli_up)."""
-    res = subprocess.run(["make", "-n", "up"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # --no-print-directory: under `make test` (CI) this make is a sub-make, which would print "Entering ..."
+    res = subprocess.run(["make", "--no-print-directory", "-n", "up"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
     assert last == ".venv/bin/movierec up --data ../shared/data/movielens/ml-latest-small", res.stdout
