@@ -17,7 +17,7 @@ Gravity acts on the factor dot product only: biases and the offset are not pulle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,6 @@ from trainer import losses
 from trainer.data.dataset import RatingsData
 from trainer.models.base import ModelExport, Recommender, register
 from trainer.models.mf import BiasedMF, MFModel, MFParams
-from trainer.training import EpochMetrics, History, RatingTensors, fit
 
 
 @dataclass(frozen=True)
@@ -88,36 +87,11 @@ class GravityModel(MFModel):
         super().__init__(gp.mf, device, generator)
         self.gravity_params = gp
 
-    def fit(
-        self,
-        train: RatingsData,
-        valid: RatingsData | None = None,
-        on_epoch: Callable[[EpochMetrics], None] | None = None,
-    ) -> History:
-        p, gp = self.params, self.gravity_params
-        out = self._output_range(train)
-        self._clip = (train.scale.low, train.scale.high)
-        self.module = GravityMF(
-            train.n_users,
-            train.n_items,
-            p.dim,
-            biases=p.biases,
-            offset=self._initial_offset(train, out),
-            output=out,
-            init=p.init,
-            init_scale=p.init_scale,
-            item_genres=train.item_genres if "genre" in p.side_features and train.item_genres.shape[1] else None,
-            item_years=train.item_years if "year" in p.side_features else None,
-            lambda_r=gp.lambda_r,
-            lambda_g=gp.lambda_g,
-        ).to(self.device)
-        t = RatingTensors.from_arrays(train.users, train.items, train.ratings, self.device)
-        v = (
-            RatingTensors.from_arrays(valid.users, valid.items, valid.ratings, self.device)
-            if valid is not None and len(valid)
-            else None
-        )
-        return fit(self.module, t, p.optim, v, self.generator, on_epoch)
+    module_class = GravityMF
+
+    def _module_kwargs(self, train: RatingsData) -> dict[str, Any]:
+        gp = self.gravity_params
+        return {**super()._module_kwargs(train), "lambda_r": gp.lambda_r, "lambda_g": gp.lambda_g}
 
     def export(self) -> ModelExport:
         exported = super().export()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,6 @@ class BiasedMF(nn.Module):
         return out
 
 
-
 SIGMOID_MARGIN = 0.5  # half a star beyond the scale: [0, 5.5] for 0.5..5 ratings (fastai, Datadote)
 
 
@@ -177,6 +177,7 @@ class MFModel(Recommender):
     """Biased MF trained by mini-batch gradient descent on device-resident rating tensors."""
 
     kind = "mf"
+    module_class: type[BiasedMF] = BiasedMF  # the network fit() builds (gravity: GravityMF)
 
     def __init__(self, params: MFParams, device: torch.device, generator: torch.Generator | None = None):
         self.params = params
@@ -189,9 +190,7 @@ class MFModel(Recommender):
         if self.params.output == "linear":
             return None
         low = self.params.sigmoid_low if self.params.sigmoid_low is not None else data.scale.low - SIGMOID_MARGIN
-        high = (
-            self.params.sigmoid_high if self.params.sigmoid_high is not None else data.scale.high + SIGMOID_MARGIN
-        )
+        high = self.params.sigmoid_high if self.params.sigmoid_high is not None else data.scale.high + SIGMOID_MARGIN
         if not high > low:
             raise ValueError(f"sigmoid range needs high > low, got [{low}, {high}]")
         return OutputRange(float(low), float(high))
@@ -207,19 +206,11 @@ class MFModel(Recommender):
         p = min(max(p, 1e-4), 1 - 1e-4)
         return math.log(p / (1 - p))
 
-    def fit(
-        self,
-        train: RatingsData,
-        valid: RatingsData | None = None,
-        on_epoch: Callable[[EpochMetrics], None] | None = None,
-    ) -> History:
+    def _module_kwargs(self, train: RatingsData) -> dict[str, Any]:
+        """Constructor arguments of the network; subclasses add theirs (gravity: its lambdas)."""
         p = self.params
         out = self._output_range(train)
-        self._clip = (train.scale.low, train.scale.high)
-        self.module = BiasedMF(
-            train.n_users,
-            train.n_items,
-            p.dim,
+        return dict(
             biases=p.biases,
             offset=self._initial_offset(train, out),
             output=out,
@@ -227,7 +218,19 @@ class MFModel(Recommender):
             init_scale=p.init_scale,
             item_genres=train.item_genres if "genre" in p.side_features and train.item_genres.shape[1] else None,
             item_years=train.item_years if "year" in p.side_features else None,
-        ).to(self.device)
+        )
+
+    def fit(
+        self,
+        train: RatingsData,
+        valid: RatingsData | None = None,
+        on_epoch: Callable[[EpochMetrics], None] | None = None,
+    ) -> History:
+        p = self.params
+        self._clip = (train.scale.low, train.scale.high)
+        self.module = self.module_class(train.n_users, train.n_items, p.dim, **self._module_kwargs(train)).to(
+            self.device
+        )
         t = RatingTensors.from_arrays(train.users, train.items, train.ratings, self.device)
         v = (
             RatingTensors.from_arrays(valid.users, valid.items, valid.ratings, self.device)
