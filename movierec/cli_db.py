@@ -8,6 +8,8 @@ else ``MOVIEREC_DATABASE_URL``, else ``sqlite:///movierec.db`` (the service's de
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +59,21 @@ def _db_error(url: str, exc: Exception) -> str:
     return f"database {mask_url(url)}: {reason[0] if reason else type(exc).__name__}"
 
 
+@contextmanager
+def _store_errors(url: str) -> Iterator[None]:
+    """A store error (no schema, bad URL) or a driver error -> the CLI's ``error:`` line, exit 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.store.database import StoreError
+
+    try:
+        yield
+    except StoreError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(_db_error(url, exc))
+
+
 def stored_ratings(url: str) -> int:
     """How many ratings the store at ``url`` holds: 0 for a database without the schema (or no SQLite file yet).
 
@@ -89,20 +106,13 @@ def _db() -> None:
 @db_app.command("upgrade")
 def upgrade_cmd(database_url: DatabaseUrlOpt = None) -> None:
     """Run the store's migrations up to the newest revision (a no-op when it is there already)."""
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from service.store.database import StoreError, mask_url
+    from service.store.database import mask_url
     from service.store.migrations import upgrade
 
     url = _url(database_url)
-    try:
+    with _store_errors(url):
         revision = upgrade(url)
-    except StoreError as exc:
-        _fail(str(exc))
-        return
-    except SQLAlchemyError as exc:
-        _fail(_db_error(url, exc))
-        return
     console.print(f"database {mask_url(url)} is at revision [bold]{revision}[/] (head)")
 
 
@@ -125,9 +135,8 @@ def load_cmd(
     ] = False,
 ) -> None:
     """Migrate the store, then add a MovieLens release's movies and ratings to it (rows already there are skipped)."""
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from service.store.database import StoreError, make_engine, mask_url
+    from service.store.database import make_engine, mask_url
     from service.store.migrations import upgrade
     from trainer.data.dataset import DataError
     from trainer.data.download import resolve_data
@@ -136,33 +145,25 @@ def load_cmd(
 
     url = _url(database_url)
     if if_empty:
-        try:
+        with _store_errors(url):
             stored = stored_ratings(url)
-        except StoreError as exc:
-            _fail(str(exc))
-            return
-        except SQLAlchemyError as exc:
-            _fail(_db_error(url, exc))
-            return
         if stored:
             console.print(f"{mask_url(url)} already holds {stored} ratings: nothing loaded (--if-empty)")
             return
-    try:
-        # The files are read and validated before the database is touched: bad data leaves no trace.
-        path = resolve_data(dataset, data, cache_dir)
-        ratings = load_dataset(path)
-        upgrade(url)
-        engine = make_engine(url)
+    with _store_errors(url):
         try:
-            report = load_into_store(ratings, engine)
-        finally:
-            engine.dispose()
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-        return
-    except SQLAlchemyError as exc:
-        _fail(_db_error(url, exc))
-        return
+            # The files are read and validated before the database is touched: bad data leaves no trace.
+            path = resolve_data(dataset, data, cache_dir)
+            ratings = load_dataset(path)
+            upgrade(url)
+            engine = make_engine(url)
+            try:
+                report = load_into_store(ratings, engine)
+            finally:
+                engine.dispose()
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
+            return
     console.print(
         f"{ratings.source} -> {mask_url(url)}: added {report.movies_added} movies "
         f"({report.movies_skipped} already there) and {report.ratings_added} ratings "
