@@ -20,7 +20,7 @@ import orjson
 from movierec import artifacts
 from movierec.artifacts import ModelArtifact
 from service.config import ServiceSettings
-from service.popularity import popular_scores
+from service.popularity import Popularity
 from service.retrieval import ItemIndex
 
 log = logging.getLogger(__name__)
@@ -262,16 +262,7 @@ def load_model(path: Path, settings: ServiceSettings) -> LoadedModel:
         hnsw_ef_search=settings.hnsw_ef_search,
         hnsw_ef_construction=settings.hnsw_ef_construction,
     )
-    if "item_rating_count" in art.arrays and "item_rating_mean" in art.arrays:
-        count = np.asarray(art.arrays["item_rating_count"], dtype=np.float64)
-        mean = np.asarray(art.arrays["item_rating_mean"], dtype=np.float64)
-    else:  # older artifacts: counts from the already-rated CSR, the movie-bias fallback as the mean
-        count = np.bincount(art.arrays["rated_indices"], minlength=art.n_items).astype(np.float64)
-        raw = art.item_bias.astype(np.float64) + art.manifest.global_offset
-        mean = artifacts.apply_output_transform(raw, art.manifest.output, art.manifest.rating_scale)
-    total = count.sum()
-    global_mean = float((count * mean).sum() / total) if total > 0 else float(np.mean(mean))
-    popularity = popular_scores(count, mean, settings.popularity_prior, global_mean)
+    popularity = Popularity.from_artifact(art, settings.popularity_prior)
     names = art.genre_names
     genres = art.item_genres.astype(bool)
     genre_lists = [[names[j] for j in np.flatnonzero(row)] for row in genres]
@@ -280,8 +271,8 @@ def load_model(path: Path, settings: ServiceSettings) -> LoadedModel:
         index=index,
         users=IdMap(art.user_ids),
         items=IdMap(art.item_ids),
-        popularity=popularity,
-        global_mean=global_mean,
+        popularity=popularity.scores,
+        global_mean=popularity.global_mean,
         genre_columns={name.lower(): j for j, name in enumerate(names)},
         genre_lists=genre_lists,
         load_seconds=time.perf_counter() - t0,
