@@ -155,18 +155,7 @@ class TrainSettings(BaseSettings):
             init=self.init,
             init_scale=self.init_scale,
             side_features=tuple(self.side_features),
-            optim=OptimConfig(
-                optimizer=self.optimizer,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                l2=self.l2,
-                l2_bias=self.l2_bias,
-                schedule=self.schedule,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                patience=self.patience,
-                amp=self.amp,
-            ),
+            optim=OptimConfig.from_settings(self),
         )
 
 

@@ -37,6 +37,15 @@ class OptimConfig:
     momentum: float = 0.9  # SGD only
     amp: bool = False  # bfloat16 autocast on CUDA
 
+    @classmethod
+    def from_settings(cls, s: Any, **overrides: Any) -> OptimConfig:
+        """The optimisation fields of :class:`trainer.config.TrainSettings` (duck-typed: config imports the
+        models, not back); ``overrides`` replace fields a kind sets itself (e.g. ``l2=0.0``)."""
+        fields = dict(optimizer=s.optimizer, lr=s.lr, weight_decay=s.weight_decay, l2=s.l2, l2_bias=s.l2_bias,
+                      schedule=s.schedule, epochs=s.epochs, batch_size=s.batch_size, patience=s.patience,
+                      amp=s.amp)  # fmt: skip
+        return cls(**{**fields, **overrides})
+
 
 @dataclass
 class EpochMetrics:

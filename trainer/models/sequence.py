@@ -117,17 +117,7 @@ class SequenceParams:
             user_id=s.sequence_user_id,
             retrieval=s.sequence_retrieval,
             rerank=s.sequence_rerank,
-            optim=OptimConfig(
-                optimizer=s.optimizer,
-                lr=s.lr,
-                weight_decay=s.weight_decay,
-                l2=0.0,
-                schedule=s.schedule,
-                epochs=s.epochs,
-                batch_size=s.batch_size,
-                patience=s.patience,
-                amp=s.amp,
-            ),
+            optim=OptimConfig.from_settings(s, l2=0.0, l2_bias=0.0),
         )
 
 

@@ -121,17 +121,7 @@ class SoftmaxParams:
             sampled=s.softmax_sampled,
             sample_alpha=s.softmax_sample_alpha,
             calibration_reg=s.softmax_calibration_reg,
-            optim=OptimConfig(
-                optimizer=s.optimizer,
-                lr=s.lr,
-                weight_decay=s.weight_decay,
-                l2=0.0,
-                schedule=s.schedule,
-                epochs=s.epochs,
-                batch_size=s.batch_size,
-                patience=s.patience,
-                amp=s.amp,
-            ),
+            optim=OptimConfig.from_settings(s, l2=0.0, l2_bias=0.0),
         )
 
 
