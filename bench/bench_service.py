@@ -8,6 +8,8 @@ Load: a real `movierec serve` process (uvicorn) on artifacts trained here (synth
 and ml-latest-small from ../shared/data/movielens) with the data loaded into a SQLite store, driven by
 wrk (`apt-get install wrk`) with a Lua script that draws a random known user / movie per request. The
 trivial endpoint (`/health`) is measured in the same run, on the same server, as the yardstick.
+Recommendations are measured twice: as served (per-user lists and rated ids kept between requests, see
+service/candidates.py; the 2 s warm-up fills them) and on a second server with both caches off.
 Start-up: `load_model` (read + checksum + validate + build the FAISS indexes) timed in a fresh process,
 with its peak RSS, on trained-shape random artifacts of the ml-1m size and of the ml-25m size.
 """
@@ -99,12 +101,14 @@ def prepare(name: str, work: Path) -> tuple[Path, str, np.ndarray, np.ndarray]:
     return art_dir, url, np.asarray(art.user_ids), np.asarray(art.item_ids)
 
 
-def start_server(art_dir: Path, url: str, workers: int) -> tuple[subprocess.Popen, str, float]:
+def start_server(
+    art_dir: Path, url: str, workers: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str, float]:
     import httpx
 
     port = free_port()
     env = {**os.environ, "MOVIEREC_DATABASE_URL": url, "MOVIEREC_RELOAD_INTERVAL_S": "0",
-           "MOVIEREC_LOG_LEVEL": "warning"}  # fmt: skip
+           "MOVIEREC_LOG_LEVEL": "warning", **(extra_env or {})}  # fmt: skip
     cmd = [sys.executable, "-m", "movierec.cli", "serve", "--port", str(port), "--artifacts-dir", str(art_dir),
            "--workers", str(workers)]  # fmt: skip
     t0 = time.perf_counter()
@@ -144,6 +148,9 @@ def run_wrk(base: str, mode: str, users: np.ndarray, movies: np.ndarray, seconds
     return r
 
 
+NO_CACHE = {"MOVIEREC_RECOMMEND_CACHE_SIZE": "0", "MOVIEREC_RATED_CACHE_SIZE": "0"}
+
+
 def load_case(name: str, work: Path, seconds: int, conns: int, workers: int) -> dict[str, Any]:
     art_dir, url, users, movies = prepare(name, work)
     proc, base, startup = start_server(art_dir, url, workers)
@@ -155,10 +162,31 @@ def load_case(name: str, work: Path, seconds: int, conns: int, workers: int) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+    # The same endpoint with the per-user list and rated-id caches off: every request searches the index
+    # and reads the store (what the first request of each user, or of each new model version, costs).
+    proc, base, _ = start_server(art_dir, url, workers, NO_CACHE)
+    try:
+        run_wrk(base, "recommendations", users, movies, 2, conns)
+        rows["recommendations, no cache"] = run_wrk(base, "recommendations", users, movies, seconds, conns)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
     for r in rows.values():
         r["vs_trivial"] = r["rps"] / rows["trivial"]["rps"]
     return {"dataset": name, "workers": workers, "connections": conns, "process_start_to_ready_s": startup,
             "endpoints": rows}  # fmt: skip
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; ``ru_maxrss``
+    carries the parent's peak across fork + exec, so a spawned child would report the bench's own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _startup_child(root: str, q: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -166,12 +194,12 @@ def _startup_child(root: str, q: mp.Queue) -> None:  # type: ignore[type-arg]
     from service.config import ServiceSettings
     from service.model_state import load_model
 
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = peak_rss_mib()
     t0 = time.perf_counter()
     model = load_model(artifacts.latest_version(root), ServiceSettings(artifacts_dir=Path(root)))
     secs = time.perf_counter() - t0
-    q.put({"load_s": secs, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_load_mib": base_rss, "version": model.version})  # fmt: skip
+    q.put({"load_s": secs, "peak_rss_mib": peak_rss_mib(), "rss_before_load_mib": base_rss,
+           "version": model.version})  # fmt: skip
 
 
 def _publish_random(root: Path, n_users: int, n_items: int, dim: int) -> None:
@@ -254,9 +282,9 @@ def main() -> None:
     for case in result["load"]:
         print(f"\n{case['dataset']}: {case['workers']} worker(s), {case['connections']} connections, "
               f"process start to ready {case['process_start_to_ready_s']:.2f}s")  # fmt: skip
-        print(f"{'endpoint':<18}{'req/s':>10}{'vs trivial':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
+        print(f"{'endpoint':<28}{'req/s':>10}{'vs trivial':>12}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>8}")
         for mode, r in case["endpoints"].items():
-            print(f"{mode:<18}{r['rps']:>10.0f}{r['vs_trivial']:>11.0%}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}"
+            print(f"{mode:<28}{r['rps']:>10.0f}{r['vs_trivial']:>11.0%}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}"
                   f"{r['p99_ms']:>9.2f}{r['errors']:>8}")  # fmt: skip
     if result["startup"]:
         print(f"\n{'start-up (load_model)':<24}{'users':>9}{'movies':>9}{'seconds':>9}{'peak MiB':>10}")

@@ -37,7 +37,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         engine = make_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
-        app.state.rated_ids = RatedMovieIds(engine)
+        app.state.rated_ids = RatedMovieIds(engine, settings.rated_cache_size)
         holder.reload()  # a missing or broken model is not fatal: /ready says 503 until one loads
         holder.start_polling()
         try:

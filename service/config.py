@@ -50,6 +50,17 @@ class ServiceSettings(BaseSettings):
     models: str = Field("all", description="comma-separated model kinds to load, or all")
     recommend_model: str = Field("auto", description="default kind for recommendations; auto = best NDCG@10")
     predict_model: str = Field("auto", description="default kind for predictions; auto = best RMSE")
+    recommend_cache_size: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="users whose recommendation lists are kept per model version (LRU); 0 disables",
+    )  # fmt: skip
+    recommend_cache_depth: int = Field(
+        32, ge=1, le=10_000, description="movies kept per cached list; requests with a larger k search afresh"
+    )
+    rated_cache_size: int = Field(
+        10_000, ge=0, le=10_000_000,
+        description="users whose rated-movie ids are kept between requests while the SQLite store is unchanged",
+    )  # fmt: skip
     rerank_candidates: int = Field(100, ge=1, le=10_000, description="sequence: MF candidates it re-ranks")
 
     # cold start: popular movies by a damped (Bayesian) mean rating

@@ -63,6 +63,10 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
+_MEMO_SIZE = 4096
+_MEMO_QUERY_MAX = 256
+
+
 class QueryModel(BaseModel):
     """Query parameters validated by one pydantic call, for the endpoints where throughput matters.
 
@@ -81,11 +85,25 @@ class QueryModel(BaseModel):
 
     @classmethod
     def from_request(cls, request: Request) -> Self:
+        """The validated parameters. Clients repeat the same few query strings (``k=10``), so a valid
+        one's result (frozen, so shareable) is kept per raw query string: a dict lookup instead of ~12 us
+        of parsing and validation. Invalid ones are validated, and refused, every time."""
+        raw: bytes = request.scope["query_string"]
+        memo = cls.__dict__.get("_memo")
+        if memo is None:
+            memo = {}
+            type.__setattr__(cls, "_memo", memo)  # one per subclass, created on its first request
+        hit = memo.get(raw)
+        if hit is not None:
+            return hit
         try:
-            return cls.model_validate(dict(request.query_params))
+            parsed = cls.model_validate(dict(request.query_params))
         except ValidationError as e:
             errors = [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False)]
             raise RequestValidationError(errors) from None
+        if len(raw) <= _MEMO_QUERY_MAX and len(memo) < _MEMO_SIZE:
+            memo[raw] = parsed  # bounded: once full, further strings are validated every time
+        return parsed
 
     @classmethod
     def openapi(cls) -> dict[str, Any]:

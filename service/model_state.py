@@ -19,6 +19,7 @@ import orjson
 
 from movierec import artifacts
 from movierec.artifacts import ModelArtifact
+from service.candidates import CandidateCache
 from service.config import ServiceSettings
 from service.popularity import Popularity
 from service.retrieval import ItemIndex
@@ -103,6 +104,8 @@ class LoadedModel:
     load_seconds: float = 0.0
     # kind "sequence": the ONNX model (onnxruntime) that predicts ratings; its factors retrieve candidates
     scorer: Any = None
+    # recommendation lists reused across requests (see service.candidates); empty for each new version
+    candidates: CandidateCache = field(default_factory=lambda: CandidateCache(0, 0))
     # Per-movie JSON, rendered on first use (see movie_json); a list slot write is atomic, and two
     # requests racing to fill one slot write the same bytes.
     _movie_json: list[bytes | None] = field(init=False, repr=False)
@@ -277,6 +280,11 @@ def load_model(path: Path, settings: ServiceSettings) -> LoadedModel:
         genre_lists=genre_lists,
         load_seconds=time.perf_counter() - t0,
         scorer=_sequence_scorer(art),
+        # the cache matches the store's integer movie ids against the artifact's; other ids: no cache
+        candidates=CandidateCache(
+            settings.recommend_cache_size if np.asarray(art.item_ids).dtype.kind in "iu" else 0,
+            settings.recommend_cache_depth,
+        ),
     )
     log.info("model %s ready in %.2fs (%d users, %d movies)", art.version, model.load_seconds, art.n_users, art.n_items)
     return model

@@ -47,17 +47,30 @@ def recommendations(
     predicted: np.ndarray,
 ) -> Response:
     """A :class:`~service.schemas.Recommendations` body."""
-    movie_json = model.movie_json
-    items = b",".join(
-        [
-            b'%s,"score":%s,"predicted_rating":%s}' % (movie_json(c), s, p)
-            for c, s, p in zip(codes.tolist(), _numbers(scores), _numbers(predicted), strict=True)
-        ]
+    return recommendations_from_items(
+        model, user_id, strategy, similarity, recommendation_items(model, codes, scores, predicted)
     )
+
+
+def recommendation_items(
+    model: LoadedModel, codes: np.ndarray, scores: np.ndarray, predicted: np.ndarray
+) -> list[bytes]:
+    """The rendered ``items`` entries of a recommendations body, one per movie (what the candidate
+    cache keeps, see :mod:`service.candidates`)."""
+    movie_json = model.movie_json
+    return [
+        b'%s,"score":%s,"predicted_rating":%s}' % (movie_json(c), s, p)
+        for c, s, p in zip(codes.tolist(), _numbers(scores), _numbers(predicted), strict=True)
+    ]
+
+
+def recommendations_from_items(
+    model: LoadedModel, user_id: int, strategy: str, similarity: str, items: list[bytes]
+) -> Response:
     head = b'{"user_id":%d,"model_version":%s,"strategy":%s,"similarity":%s,"items":[' % (
         user_id, orjson.dumps(model.version), orjson.dumps(strategy), orjson.dumps(similarity),
     )  # fmt: skip
-    return json_response(head + items + b"]}")
+    return json_response(head + b",".join(items) + b"]}")
 
 
 def similar_movies(

@@ -207,7 +207,7 @@ QUERIES = [
 @pytest.mark.parametrize("path", ["/recommend", "/similar", "/predict"])
 def test_query_models_validate_like_fastapi(path):
     with TestClient(_classic_app()) as classic, TestClient(_fast_app()) as fast:
-        for params in QUERIES:
+        for params in QUERIES + QUERIES:  # the second pass answers valid queries from the memo
             a, b = classic.get(path, params=params), fast.get(path, params=params)
             assert (a.status_code, a.json()) == (b.status_code, b.json()), params
 
@@ -302,11 +302,12 @@ def test_scalar_output_transform_equals_the_array_one(transform):
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_rated_movie_ids_reads_the_store_with_a_bound_parameter(db_url):
+@pytest.mark.parametrize("cache_size", [0, 1000])
+def test_rated_movie_ids_reads_the_store_with_a_bound_parameter(db_url, cache_size):
     upgrade(db_url)
     engine = make_engine(db_url)
     try:
-        reader = RatedMovieIds(engine)
+        reader = RatedMovieIds(engine, cache_size)
         assert "9001" not in reader.sql and ("?" in reader.sql or "%(user_id)s" in reader.sql)
         with Session(engine) as s:
             s.add_all([Movie(movie_id=m, title=f"m{m}") for m in (1, 5, 2**40, 77)])
@@ -314,7 +315,8 @@ def test_rated_movie_ids_reads_the_store_with_a_bound_parameter(db_url):
             s.add(Rating(user_id=9002, movie_id=77, rating=1.0, timestamp=1))
             s.commit()
         got = reader(9001)
-        assert got.dtype == np.int64 and sorted(got.tolist()) == [1, 5, 2**40]
+        assert got.dtype == np.int64 and got.tolist() == [1, 5, 2**40]  # ascending: what pick() searches
+        assert not got.flags.writeable  # a cached array is shared between requests
         assert reader(9002).tolist() == [77]
         assert reader(1234).dtype == np.int64 and reader(1234).size == 0  # nobody: empty, not an error
         with Session(engine) as s:  # a rating committed elsewhere shows up in the very next read
@@ -333,14 +335,15 @@ def test_rated_movie_ids_reads_the_store_with_a_bound_parameter(db_url):
         engine.dispose()
 
 
-def test_rated_movie_ids_from_threads_then_closed(tmp_path):
+@pytest.mark.parametrize("cache_size", [0, 3])
+def test_rated_movie_ids_from_threads_then_closed(tmp_path, cache_size):
     """SQLite: one kept connection per reading thread, each seeing every commit, all closed by close()."""
     from concurrent.futures import ThreadPoolExecutor
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     upgrade(url)
     engine = make_engine(url)
-    reader = RatedMovieIds(engine)
+    reader = RatedMovieIds(engine, cache_size)
     try:
         with Session(engine) as s:
             s.add_all([Movie(movie_id=m, title="") for m in range(1, 41)])
@@ -355,6 +358,39 @@ def test_rated_movie_ids_from_threads_then_closed(tmp_path):
         reader.close()
         assert reader._kept == []
         assert sorted(reader(5).tolist()) == list(range(1, 41))  # and reads again after close()
+    finally:
+        reader.close()
+        engine.dispose()
+
+
+def test_rated_movie_ids_cache_sees_commits_from_another_process(tmp_path):
+    """The cached read (SQLite) is never stale: a rating committed by another process (another API
+    worker, a `db load`) empties the cache through PRAGMA data_version before the next read."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "store.db"
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    engine = make_engine(url)
+    reader = RatedMovieIds(engine, cache_size=10)
+    try:
+        with Session(engine) as s:
+            s.add_all([Movie(movie_id=m, title="") for m in range(1, 30)])
+            s.add_all([Rating(user_id=u, movie_id=u + 1, rating=3.0, timestamp=1) for u in range(20)])
+            s.commit()
+        assert reader(4).tolist() == [5]
+        assert reader(4) is reader(4)  # unchanged store: served from the cache
+        for m in (9, 2):
+            code = (
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                f"c.execute('INSERT INTO ratings (user_id, movie_id, rating, timestamp) VALUES (4, {m}, 5.0, 2)'); "
+                "c.commit()"
+            )
+            subprocess.run([sys.executable, "-c", code, str(db)], check=True)
+        assert reader(4).tolist() == [2, 5, 9]
+        for u in range(20):  # more users than the cache holds: the evicted ones are read again, correctly
+            assert reader(u).tolist() == ([2, 5, 9] if u == 4 else [u + 1])
     finally:
         reader.close()
         engine.dispose()

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from service import render
 from service.api.store_access import in_session, rated_movie_ids
+from service.candidates import Candidates
 from service.deps import QueryModel, current_model, resolve_k
 from service.errors import validation_error
 from service.model_state import LoadedModel
@@ -56,6 +57,18 @@ async def _store_ratings(request: Request, user_id: int) -> tuple[np.ndarray, np
             np.asarray([r.rating for r in rows], dtype=np.float64))  # fmt: skip
 
 
+def _candidates(model: LoadedModel, code: int, similarity: Similarity, depth: int) -> Candidates:
+    """The exact top ``depth`` movies the user did not rate in training, rendered (for the cache)."""
+    art = model.artifact
+    found = model.index.recommend(art.user_factors[code], depth, similarity, exclude=art.rated_items(code))
+    predicted = model.predict_user(code, found.codes)
+    return Candidates(
+        ids=np.asarray(art.item_ids)[found.codes].astype(np.int64),
+        items=render.recommendation_items(model, found.codes, found.scores, predicted),
+        complete=len(found.codes) < depth,
+    )
+
+
 @router.get(
     "/users/{user_id}/recommendations",
     response_model=Recommendations,
@@ -79,6 +92,18 @@ async def recommend(request: Request, user_id: Annotated[int, Path(ge=0, le=2**6
     code = model.users.code(user_id)
     # Every request reads the store: a rating posted through any worker is excluded at once.
     store_rated = rated_movie_ids(request.app.state.rated_ids, user_id)
+    if code is not None and model.scorer is None and allowed is None and q.exclude_rated:
+        cache = model.candidates
+        if cache.usable(k):
+            # The user's exact list under this model version, kept from an earlier request (or computed
+            # now), less the movies the store says they have rated: see service.candidates.
+            entry = cache.get(code, similarity)
+            if entry is None:
+                entry = _candidates(model, code, similarity, cache.depth)
+                cache.put(code, similarity, entry)
+            items = entry.pick(store_rated if store_rated is not None else _NO_CODES, k)
+            if items is not None:
+                return render.recommendations_from_items(model, user_id, "model", similarity, items)
     if store_rated is None or not len(store_rated):
         posted = _NO_CODES
     else:

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from sqlalchemy import BigInteger, Engine, String, bindparam, cast, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -44,7 +45,7 @@ def user_rated_movie_ids(s: Session, user_id: int) -> list[int]:
 
 
 class RatedMovieIds:
-    """The per-request read of recommendations: a user's rated movie ids (unordered) as an int64 array.
+    """The per-request read of recommendations: a user's rated movie ids, ascending, as an int64 array.
 
     Built once per engine. One row comes back: the database joins the ids into one comma-separated
     string (``group_concat`` on SQLite, ``string_agg`` on PostgreSQL, through SQLAlchemy's
@@ -61,12 +62,19 @@ class RatedMovieIds:
     process is seen by the next read; should a transaction be open after a read, it is ended at once
     (never a stale snapshot), and a connection that fails is closed and replaced on the next call.
     Elsewhere (PostgreSQL: a server round trip, pre-ping and reset matter more) the pool is used per
-    call. :meth:`close` closes the kept connections. Errors: :attr:`errors` lists what a failed read
+    call. :meth:`close` closes the kept connections.
+
+    Cache (SQLite file, ``cache_size > 0``): each kept connection keeps the last ``cache_size`` users'
+    arrays (LRU) and, before each read, asks SQLite's ``PRAGMA data_version`` (~3 us), which changes
+    whenever another connection (any thread or process: the API's writes, a ``db load``) has committed.
+    Any change empties the cache, so a hit is always what the query would return now. PostgreSQL has no
+    such cheap check and is read every time. Errors: :attr:`errors` lists what a failed read
     raises (SQLAlchemy's errors and, as the DBAPI connection is used directly, the driver's).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cache_size: int = 0) -> None:
         self.engine = engine
+        self.cache_size = cache_size
         sqlite_file = engine.dialect.name == "sqlite" and isinstance(engine.pool, QueuePool)
         # SQLite's group_concat takes integers; string_agg (PostgreSQL) and the others want text.
         movie_id = Rating.movie_id if engine.dialect.name == "sqlite" else cast(Rating.movie_id, String)
@@ -87,11 +95,30 @@ class RatedMovieIds:
         self._lock = threading.Lock()
 
     def __call__(self, user_id: int) -> np.ndarray:
+        """The user's rated movie ids, ascending and unique (int64, read-only)."""
         uid = int(user_id)
-        text = self._read_kept(uid) if self._keep else self._read_pooled(uid)
-        if not text:
-            return np.empty(0, dtype=np.int64)
-        return np.fromstring(text, dtype=np.int64, sep=",")
+        if not self._keep:
+            return _parse_ids(self._read_pooled(uid))
+        conn = self._connection()
+        cache: LRUCache[int, np.ndarray] | None = getattr(self._local, "cache", None)
+        if cache is not None:
+            try:
+                # Changes when any other connection (any thread or process) has committed since this
+                # connection last asked: nothing cached can be stale, and posted ratings count at once.
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+            except self._dbapi_error:
+                self._drop(conn)
+                raise
+            if version != self._local.version:
+                cache.clear()
+                self._local.version = version
+            hit = cache.get(uid)
+            if hit is not None:
+                return hit
+        ids = _parse_ids(self._read_kept(conn, uid))
+        if cache is not None:
+            cache[uid] = ids
+        return ids
 
     def _read_pooled(self, uid: int) -> str | None:
         params: Any = (uid,) if self._positional else {"user_id": uid}
@@ -110,21 +137,30 @@ class RatedMovieIds:
             conn.close()  # back to the pool (which rolls back the read transaction where there is one)
         return row[0] if row is not None else None
 
-    def _read_kept(self, uid: int) -> str | None:
+    def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             fairy = self.engine.raw_connection()  # through the pool: the engine's connect-time pragmas
             fairy.detach()  # this thread's own from now on: the pool neither counts nor reuses it
             conn = self._local.conn = fairy.dbapi_connection
+            self._local.cache = LRUCache(self.cache_size) if self.cache_size else None
+            self._local.version = None
             with self._lock:
                 self._kept.append(conn)
+        return conn
+
+    def _drop(self, conn: Any) -> None:
+        self._local.conn = None
+        self._local.cache = None
+        self._forget(conn)
+
+    def _read_kept(self, conn: Any, uid: int) -> str | None:
         try:
             row = conn.execute(self.sql, (uid,)).fetchone()
             if conn.in_transaction:  # not after a plain SELECT; never keep a snapshot open if so
                 conn.rollback()
         except self._dbapi_error:
-            self._local.conn = None
-            self._forget(conn)
+            self._drop(conn)
             raise
         return row[0] if row is not None else None
 
@@ -147,6 +183,12 @@ class RatedMovieIds:
             except self._dbapi_error:
                 pass
         self._local = threading.local()
+
+
+def _parse_ids(text: str | None) -> np.ndarray:
+    ids = np.unique(np.fromstring(text, dtype=np.int64, sep=",")) if text else np.empty(0, dtype=np.int64)
+    ids.flags.writeable = False  # shared by every request that reads it from the cache
+    return ids
 
 
 def user_ratings(s: Session, user_id: int) -> list[Rating]:
