@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-KINDS = ("mf", "als", "gravity", "softmax", "sequence")
+KINDS = ("mf", "als", "bpmf", "gravity", "softmax", "sequence")
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/movielens"
 SPLITS: dict[str, list[dict[str, Any]]] = {
     "ml100k-u": [{"data": "ml-100k", "split": "ml100k-fold", "fold": str(k)} for k in range(1, 6)],

@@ -86,7 +86,7 @@ def train(
     config: ConfigOpt = None,
     data: DataOpt = None,
     dataset: DatasetOpt = None,
-    model: Annotated[str | None, typer.Option(help="model kind: mf | als | gravity | softmax | sequence")] = None,
+    model: Annotated[str | None, typer.Option(help="model kind: mf | als | bpmf | gravity | softmax | sequence")] = None,
     split: SplitOpt = None,
     test_fraction: Annotated[float | None, typer.Option(help="random split: share of ratings held out")] = None,
     leave_last: Annotated[int | None, typer.Option(help="leave-last split: ratings per user held out")] = None,
@@ -185,6 +185,11 @@ def train(
     ] = None,
     als_init_std: Annotated[float | None, typer.Option(help="ALS: std of the initial movie factors")] = None,
     # end als
+    # bpmf (dim and epochs = Gibbs iterations are the shared flags)
+    bpmf_burn_in: Annotated[int | None, typer.Option(help="BPMF: iterations discarded before averaging")] = None,
+    bpmf_keep: Annotated[int | None, typer.Option(help="BPMF: samples kept (export width = dim x keep)")] = None,
+    bpmf_alpha: Annotated[float | None, typer.Option(help="BPMF: observation precision (1 / noise variance)")] = None,
+    # end bpmf
     # gravity (every mf flag applies too)
     gravity_lambda_r: Annotated[
         float | None, typer.Option(help="gravity: weight of mean_i |U_i|^2 + mean_j |V_j|^2")
@@ -227,6 +232,7 @@ def train(
         als_lambda_u=als_lambda_u, als_lambda_v=als_lambda_v, als_lambda_bias=als_lambda_bias, als_biased=als_biased,
         als_normalise=als_normalise, als_output=als_output, als_weighted=als_weighted, als_init_std=als_init_std,
         gravity_lambda_r=gravity_lambda_r, gravity_lambda_g=gravity_lambda_g,
+        bpmf_burn_in=bpmf_burn_in, bpmf_keep=bpmf_keep, bpmf_alpha=bpmf_alpha,
     )  # fmt: skip
     settings = _settings(config, overrides)
     from movierec.progress import EpochProgress

@@ -16,8 +16,9 @@ from trainer.config import load_settings
 from trainer.data.synth import generate, write_movielens
 from trainer.pipeline import train
 
-KINDS = ("mf", "als", "gravity", "softmax", "sequence")
-FAST = {"mf": {"epochs": 4}, "als": {"epochs": 4}, "gravity": {"epochs": 4}, "softmax": {"epochs": 8},
+KINDS = ("mf", "als", "bpmf", "gravity", "softmax", "sequence")
+FAST = {"mf": {"epochs": 4}, "als": {"epochs": 4}, "bpmf": {"epochs": 12, "bpmf_burn_in": 4, "bpmf_keep": 4},
+        "gravity": {"epochs": 4}, "softmax": {"epochs": 8},
         "sequence": {"epochs": 1}}  # fmt: skip
 
 

@@ -31,6 +31,8 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "sequence": {"dim": 32, "epochs": 8, "lr": 2e-3, "patience": 0},
     # als: epochs are ALS sweeps; 24 dims is where ml-100k's RMSE stops improving (and ALS cost grows as dim^2)
     "als": {"dim": 24, "epochs": 12},
+    # bpmf: epochs are Gibbs iterations (burn-in included); no early stopping (the average needs them all)
+    "bpmf": {"dim": 10, "epochs": 150, "patience": 0},
 }
 
 
@@ -130,6 +132,11 @@ class TrainSettings(BaseSettings):
     als_weighted: bool = Field(True, description="ALS: penalty times each row's rating count (ALS-WR)")
     als_init_std: float = Field(0.1, gt=0.0, description="ALS: std of the random initial movie factors")
     # end als ---------------------------------------------------------------------------------------------
+    # bpmf (trainer.models.bpmf; dim and epochs = Gibbs iterations are the shared fields) -------------------
+    bpmf_burn_in: int = Field(20, ge=0, description="BPMF: iterations discarded before averaging")
+    bpmf_keep: int = Field(32, ge=1, le=1024, description="BPMF: samples kept (export width = dim x keep)")
+    bpmf_alpha: float = Field(1.5, gt=0.0, description="BPMF: observation precision (1 / noise variance)")
+    # end bpmf --------------------------------------------------------------------------------------------
 
     # gravity (trainer.models.gravity; every mf field applies too) --------------------------------------
     gravity_lambda_r: float = Field(0.0, ge=0.0, description="gravity: weight of the whole-table row L2")

@@ -3,4 +3,4 @@
 Importing this package registers every kind (the registry in :mod:`trainer.models.base`).
 """
 
-from trainer.models import als, gravity, mf, sequence, softmax  # noqa: F401  (registers the kinds)
+from trainer.models import als, bpmf, gravity, mf, sequence, softmax  # noqa: F401  (registers the kinds)
