@@ -475,8 +475,9 @@ def publish(
     Steps: validate everything in memory (same checks as :func:`load_version`); write each array and the
     manifest into ``ROOT/.tmp-<version>-<random>/`` with fsync; fsync the folder; ``os.rename`` it to
     ``ROOT/<version>``; fsync ROOT; then (if ``make_latest``) :func:`set_latest`. A crash before the
-    rename leaves only a hidden ``.tmp-*`` folder (see :func:`cleanup_stale_tmp`); a crash after it leaves
-    a complete version that simply is not ``latest`` yet. An exception removes the temporary folder and
+    rename leaves only a hidden ``.tmp-*`` folder (removed by a later publish once an hour old, see
+    :func:`cleanup_stale_tmp`); a crash after it leaves a complete version that simply is not ``latest``
+    yet. An exception removes the temporary folder and
     is re-raised as :class:`ArtifactError` (the OS error chained).
 
     ``version`` defaults to :func:`new_version_name`; ``created_at`` is ``now`` (default: the time in the
@@ -509,6 +510,7 @@ def publish(
         root.mkdir(parents=True, exist_ok=True)
         if final.exists():
             raise ArtifactError(f"{where}: {final} already exists")
+        _cleanup_before_publish(root)
         os.mkdir(tmp)
         for name, arr in arrays.items():
             path = tmp / specs[name].file
@@ -530,6 +532,16 @@ def publish(
         set_latest(root, version, kind=draft.model_kind)  # the kind's pointer first, then the global one
         set_latest(root, version)
     return final
+
+
+def _cleanup_before_publish(root: Path) -> None:
+    """Remove what crashed publishes left (see :func:`cleanup_stale_tmp`; only entries over an hour old,
+    so a publish running now elsewhere keeps its folder). Without this every killed trainer leaves a
+    ``.tmp-*`` folder of a whole model's size behind for good. Best effort: never fails a publish."""
+    try:
+        cleanup_stale_tmp(root)
+    except OSError as e:
+        logger.warning("could not remove stale temporary folders under %s: %s", root, e)
 
 
 def pointer_name(kind: str | None = None) -> str:
