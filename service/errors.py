@@ -7,6 +7,7 @@ HTTPException (404, 503, ...) gets the same shape.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -23,8 +24,18 @@ def _where(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or (str(loc[0]) if loc else "request")
 
 
+def _sentence(e: dict[str, Any]) -> str:
+    if e.get("type") == "json_invalid":
+        # FastAPI puts the character offset where the field would be (``("body", 17)``): say "body"
+        loc = list(e.get("loc", ()))
+        at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        reason = (e.get("ctx") or {}).get("error")
+        return f"body: invalid JSON{at}" + (f" ({reason})" if reason else "")
+    return f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+
+
 def summarise(errors: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{_where(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors)
+    return "; ".join(_sentence(e) for e in errors)
 
 
 def _clean(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,7 +52,64 @@ def validation_error(field: str, message: str, where: str = "query") -> RequestV
     return RequestValidationError([{"loc": (where, field), "msg": message, "type": "value_error"}])
 
 
+def _unparseable_body(exc: StarletteHTTPException) -> str | None:
+    """Why a body FastAPI could not even decode was refused, or None for any other exception.
+
+    FastAPI turns a ``json.JSONDecodeError`` into a 422 but every other failure while decoding the body
+    into a bare 400 "There was an error parsing the body", chained from the cause: bytes that are not
+    UTF-8, and JSON nested deeper than the decoder's recursion limit (``[[[[...]]]]``, a cheap way to
+    probe a server). Those are the same client mistake as malformed JSON, so they get the same 422 and
+    a sentence saying what is wrong (found by tests/test_fuzz_api.py: the 400 was undocumented)."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, RecursionError):
+        return "body: invalid JSON (nested too deeply)"
+    if isinstance(cause, UnicodeError):
+        return "body: invalid JSON (not UTF-8 text)"
+    if isinstance(cause, ValueError):
+        return f"body: invalid JSON ({cause})"
+    return None
+
+
+def _document_error_shape(app: FastAPI) -> None:
+    """Make ``/openapi.json`` describe the 422 body this module sends.
+
+    FastAPI documents every 422 it adds by itself with its own ``HTTPValidationError`` (``detail`` a
+    list), which is not what :func:`install`'s handler returns (``detail`` a sentence): clients
+    generated from the schema would fail to parse our errors. Every 422 response is rewritten to
+    :class:`service.schemas.Error` here, where the shape is decided, rather than in each route."""
+    from service.schemas import Error
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("Error", Error.model_json_schema(ref_template="#/components/schemas/{model}"))
+        error_ref = {"$ref": "#/components/schemas/Error"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                response = operation.get("responses", {}).get("422")
+                if response is None:
+                    continue
+                content = response.setdefault("content", {}).setdefault("application/json", {})
+                if content.get("schema") != error_ref:
+                    content["schema"] = error_ref
+        if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _document_error_shape(app)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
@@ -49,6 +117,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unparseable = _unparseable_body(exc)
+        if unparseable is not None:
+            entry = {"loc": ["body"], "msg": unparseable.removeprefix("body: "), "type": "json_invalid"}
+            return JSONResponse(status_code=422, content={"detail": unparseable, "errors": [entry]})
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return JSONResponse(status_code=exc.status_code, content={"detail": detail}, headers=exc.headers)
 

@@ -13,7 +13,15 @@ UserId = Annotated[int, Field(ge=0, le=2**63 - 1, description="external MovieLen
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields and type coercion are refused.
+
+    Strict because the documented schema says ``integer`` and ``number``: in lax mode pydantic read
+    ``"movie_id": true`` as movie 1 and ``"5"`` as 5, so a client bug (a boolean or a string where an id
+    belongs) silently wrote a rating for the wrong movie (found by tests/test_fuzz_api.py). JSON has
+    real integers, so a correct client never needs the coercion; a float field still takes an integer.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Error(BaseModel):
