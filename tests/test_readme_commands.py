@@ -76,6 +76,7 @@ EXERCISED: dict[str, list[str]] = {
     "python bench/bench_mf.py --only speed": [BENCH],
     "python bench/bench_retrieval.py": [BENCH],
     "python bench/bench_service.py": [BENCH],
+    "python bench/bench_load.py": [BENCH],
     "python bench/bench_models.py --speed": [BENCH],
 }
 
