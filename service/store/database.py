@@ -11,6 +11,8 @@ programmatically (no ``alembic.ini`` needed), and is the only thing that creates
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select
@@ -24,7 +26,12 @@ logger = logging.getLogger(__name__)
 #: How long a SQLite writer waits for another one's lock before "database is locked" (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Seconds a PostgreSQL connection attempt may take before failing (unless the URL sets connect_timeout).
-PG_CONNECT_TIMEOUT_S = 10
+#: The API reads the store inline on its event loop, so this bounds how long the first request after a
+#: server stops answering (a partition, a frozen host: no "connection refused") can hold every request;
+#: after that :class:`ConnectBreaker` fails connects at once. psycopg's minimum is 2 s.
+PG_CONNECT_TIMEOUT_S = 3
+#: While a PostgreSQL server is unreachable, how often a background thread tries to connect again.
+PG_PROBE_INTERVAL_S = 0.5
 
 
 class StoreError(ValueError):
@@ -87,7 +94,93 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
     options = {"pool_pre_ping": True, "connect_args": connect_args}
     options.update(kwargs)
-    return create_engine(parsed, **options)
+    engine = create_engine(parsed, **options)
+    ConnectBreaker(engine, PG_PROBE_INTERVAL_S)
+    return engine
+
+
+class ConnectBreaker:
+    """Fail new connections at once while the server is known to be unreachable; probe it in the background.
+
+    Why: the API's store reads degrade to the model's data when the store is down, but each one would
+    first wait for a connection attempt. "Connection refused" is instant, a server that does not answer
+    at all (partition, frozen host) costs the whole connect timeout, and the recommendations' store read
+    runs on the event loop (see ``service.api.store_access.rated_movie_ids``), so every request would
+    stall behind it. Once an attempt fails, further attempts raise the driver's ``OperationalError`` at
+    once (reads fall back, writes get their 503, ``/ready`` says unreachable) while one daemon thread
+    tries a real connection every ``interval`` seconds; the first that succeeds closes the breaker and
+    the pool connects normally again: the process recovers by itself, no restart.
+
+    Installed on the engine's ``do_connect`` event (so every path through the pool is covered: the pooled
+    reads, sessions, ``ping``); ``engine.dispose()`` stops the probe thread.
+    """
+
+    def __init__(self, engine: Engine, interval: float) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._reason = ""
+        self._stop = threading.Event()  # the current probe thread's; a new one per outage
+        event.listen(engine, "do_connect", self._connect)
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    @property
+    def open(self) -> bool:
+        """True while connections fail fast (the server was unreachable at the last attempt)."""
+        return self._down_since is not None
+
+    def _connect(self, dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        if self._down_since is not None:
+            raise dialect.loaded_dbapi.OperationalError(
+                f"store unreachable since {time.time() - self._down_since:.1f}s ago ({self._reason}); "
+                f"reconnecting in the background every {self.interval:g}s"
+            )
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as e:
+            self._trip(dialect, cargs, cparams, e)
+            raise
+
+    def _trip(self, dialect: Any, cargs: Any, cparams: dict[str, Any], error: Exception) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.time()
+            self._reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            self._stop = threading.Event()
+            args = (dialect, cargs, dict(cparams), self._stop)
+            threading.Thread(target=self._probe, args=args, name="store-reconnect", daemon=True).start()
+        logger.warning(
+            "database %s is unreachable (%s); failing connections fast, retrying every %gs",
+            mask_url(self.engine.url), self._reason, self.interval,
+        )  # fmt: skip
+
+    def _probe(self, dialect: Any, cargs: Any, cparams: dict[str, Any], stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            try:
+                conn = dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.Error:
+                continue
+            try:
+                conn.close()
+            except dialect.loaded_dbapi.Error:
+                pass
+            with self._lock:
+                if stop.is_set():  # the engine was disposed meanwhile: that already reset the breaker
+                    return
+                since, self._down_since = self._down_since, None
+            logger.warning(
+                "database %s is reachable again after %.1fs", mask_url(self.engine.url), time.time() - (since or 0)
+            )
+            return
+
+    def _disposed(self, _engine: Engine) -> None:
+        """The pool was reset (at shutdown, usually): stop probing, and let the next connect try for real
+        (a disposed engine stays usable, and must not stay stuck failing fast with no probe running)."""
+        with self._lock:
+            self._stop.set()
+            self._down_since = None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
