@@ -6,19 +6,24 @@ message naming the variable, not at the first request. ``movierec serve`` flags 
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///movierec.db"
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")  # what a browser sends in Origin: scheme://host[:port], no path
 
 
 class ServiceSettings(BaseSettings):
     """Everything the API process needs; each field is also a ``MOVIEREC_<FIELD>`` variable."""
 
-    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="ignore")
+    # hide_input_in_errors: a start-up error (say default_k > max_k) would otherwise print every input,
+    # the API key included, into the traceback and the logs
+    model_config = SettingsConfigDict(env_prefix="MOVIEREC_", extra="ignore", hide_input_in_errors=True)
 
     artifacts_dir: Path = Field(Path("artifacts"), description="artifacts root holding versions and `latest`")
     database_url: str = Field(DEFAULT_DATABASE_URL, description="SQLAlchemy URL: sqlite:///file or postgresql://")
@@ -30,6 +35,22 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(
         True, description="uvicorn's line per request; written at log_level info or debug only (see server.py)"
+    )
+
+    # access control (service/security.py). Writes and /admin always need the key: with none configured
+    # they are closed (403), so a deployment that forgot to set one cannot be written to by anybody.
+    api_key: SecretStr | None = Field(
+        None, description="secret clients send in X-API-Key for writes and /admin; unset or empty: those are refused"
+    )
+    require_key_for_reads: bool = Field(
+        False, description="every route but /health, /ready and /metrics needs X-API-Key (needs api_key)"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins allowed cross-origin (comma-separated or a JSON list; * = any); empty: CORS off",
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1, le=2**31, description="largest request body accepted; larger ones get 413 unread"
     )
 
     # request bounds
@@ -74,8 +95,43 @@ class ServiceSettings(BaseSettings):
             return None
         return {k.strip() for k in self.models.split(",") if k.strip()}
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: Any) -> Any:
+        """``MOVIEREC_API_KEY=`` (compose passes an unset variable as empty) means no key, not the empty key
+        (which every request without the header would otherwise match)."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if isinstance(raw, str) and raw != raw.strip():
+            raise ValueError("the API key must not start or end with whitespace (HTTP strips it from headers)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        """A comma-separated list from the environment (a JSON list works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        """Browsers send ``Origin`` as ``scheme://host[:port]``; an entry with a path or trailing slash would
+        silently never match, so it is refused at start-up instead."""
+        bad = [o for o in value if o != "*" and not _ORIGIN.match(o)]
+        if bad:
+            raise ValueError(f"CORS origins must look like https://host[:port] (no path, no trailing /): {bad}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ServiceSettings:
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        if self.require_key_for_reads and self.api_key is None:
+            raise ValueError("require_key_for_reads needs an API key: set MOVIEREC_API_KEY")
         return self

@@ -7,6 +7,7 @@ The store's schema is migrated once here, before any worker starts, never concur
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -16,8 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def export_env(settings: ServiceSettings) -> None:
-    for name, value in settings.model_dump(mode="json").items():
-        os.environ[f"MOVIEREC_{name.upper()}"] = str(value)
+    """Each setting as the variable the workers' ``ServiceSettings()`` reads back. The API key is written
+    as its value (a JSON dump masks it as ``**********``, which would become the key), an unset one is
+    removed rather than written as "None", and lists as JSON."""
+    for name, value in settings.model_dump(mode="json", exclude={"api_key"}).items():
+        os.environ[f"MOVIEREC_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    if settings.api_key is None:
+        os.environ.pop("MOVIEREC_API_KEY", None)
+    else:
+        os.environ["MOVIEREC_API_KEY"] = settings.api_key.get_secret_value()
 
 
 def serve(settings: ServiceSettings) -> None:

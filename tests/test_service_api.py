@@ -31,7 +31,13 @@ def trained(tmp_path_factory):
     return data_dir, art_dir
 
 
+#: the API key the test apps are configured with (writes need it: service/security.py), and its header
+TEST_API_KEY = "test-api-key-0123456789"
+KEY_HEADERS = {"X-API-Key": TEST_API_KEY}
+
+
 def make_settings(art_dir: Path, db_url: str, **kw) -> ServiceSettings:
+    kw.setdefault("api_key", TEST_API_KEY)
     return ServiceSettings(artifacts_dir=art_dir, database_url=db_url, reload_interval_s=0, **kw)
 
 
@@ -53,7 +59,7 @@ def store_url(db_url, trained):
 
 @pytest.fixture
 def client(trained, store_url):
-    with TestClient(create_app(make_settings(trained[1], store_url, max_k=50))) as c:
+    with TestClient(create_app(make_settings(trained[1], store_url, max_k=50)), headers=KEY_HEADERS) as c:
         yield c
 
 

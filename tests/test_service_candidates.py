@@ -14,6 +14,7 @@ from service.candidates import Candidates, CandidateCache
 from service.store.database import make_engine
 from service.store.repository import upsert_rating
 from tests.test_service_api import (  # noqa: F401  (fixtures)
+    KEY_HEADERS,
     art,
     codes_to_ids,
     ids_of,
@@ -40,7 +41,7 @@ def test_lists_stay_exact_as_ratings_are_posted(trained, store_url, art, similar
     settings = make_settings(trained[1], store_url, recommend_cache_depth=DEPTH)
     user_id = int(art.user_ids[11])
     posted: list[int] = []
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=KEY_HEADERS) as c:
         model = c.app.state.holder.current
         for step in range(6):  # after 3 posts the kept 12 hold fewer than 10 unrated: the full search answers
             r = c.get(f"/users/{user_id}/recommendations", params={"k": 10, "similarity": similarity})

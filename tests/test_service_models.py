@@ -12,6 +12,7 @@ from movierec import artifacts
 from movierec.foldin import fold_in_from_artifact
 from service.app import create_app
 from service.config import ServiceSettings
+from tests.test_service_api import KEY_HEADERS, TEST_API_KEY
 from trainer.config import load_settings
 from trainer.data.synth import generate, write_movielens
 from trainer.pipeline import train
@@ -35,11 +36,12 @@ def root(tmp_path_factory):
 
 @pytest.fixture
 def client(root, tmp_path):
-    settings = ServiceSettings(artifacts_dir=root, database_url=f"sqlite:///{tmp_path / 's.db'}", reload_interval_s=0)
+    settings = ServiceSettings(artifacts_dir=root, database_url=f"sqlite:///{tmp_path / 's.db'}", reload_interval_s=0,
+                               api_key=TEST_API_KEY)  # fmt: skip
     from service.store.migrations import upgrade
 
     upgrade(settings.database_url)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=KEY_HEADERS) as c:
         yield c
 
 

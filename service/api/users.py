@@ -2,7 +2,7 @@
 
 A posted rating is excluded from the user's next recommendations at once (every recommendation request
 reads the user's store ratings); it reaches the model's embeddings at the next training
-(``movierec train --from-db``).
+(``movierec train --from-db``). Posting needs the service's API key (``X-API-Key``, see service.security).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from service.api.store_access import store_unavailable
 from service.deps import ModelDep, SessionDep
 from service.errors import validation_error
 from service.schemas import Error, RatingIn, RatingOut, UserRatings
+from service.security import ApiKeyDep
 from service.store import repository
 from service.store.models import Movie
 
@@ -44,12 +45,18 @@ def user_ratings(user_id: UserIdPath, model: ModelDep, session: SessionDep) -> U
     "/{user_id}/ratings",
     response_model=RatingOut,
     status_code=201,
-    responses={200: {"model": RatingOut}, 404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
-)
+    responses={
+        200: {"model": RatingOut}, 401: {"model": Error}, 403: {"model": Error}, 404: {"model": Error},
+        422: {"model": Error}, 503: {"model": Error},
+    },
+)  # fmt: skip
 def add_rating(
-    user_id: UserIdPath, body: RatingIn, model: ModelDep, session: SessionDep, response: Response
+    _: ApiKeyDep, user_id: UserIdPath, body: RatingIn, model: ModelDep, session: SessionDep, response: Response
 ) -> RatingOut:
-    """Store a rating (201; 200 when it replaces the user's earlier rating of the movie)."""
+    """Store a rating (201; 200 when it replaces the user's earlier rating of the movie). Needs X-API-Key
+    (service.security): a write changes what the next model is trained on.
+
+    The key is checked first (the first dependency), before the model or a store session is touched."""
     scale = model.artifact.manifest.rating_scale
     if not scale.low <= body.rating <= scale.high:
         raise validation_error("rating", f"rating must lie in [{scale.low}, {scale.high}], got {body.rating}", "body")
