@@ -30,6 +30,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: server stops answering (a partition, a frozen host: no "connection refused") can hold every request;
 #: after that :class:`ConnectBreaker` fails connects at once. psycopg's minimum is 2 s.
 PG_CONNECT_TIMEOUT_S = 3
+#: libpq TCP options: a server that goes silent on an open connection is given up on in ~5 s, not minutes.
+PG_TCP_OPTIONS: dict[str, int] = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3, "tcp_user_timeout": 5000,
+}  # fmt: skip
 #: While a PostgreSQL server is unreachable, how often a background thread tries to connect again.
 PG_PROBE_INTERVAL_S = 0.5
 
@@ -91,7 +95,13 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = create_engine(parsed, **options)
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    connect_args: dict[str, Any] = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    # A server that stops answering on connections already open (a partition, a failover) would hold a
+    # pooled connection's pre-ping until the kernel's TCP timeout (minutes): libpq's keepalives and
+    # tcp_user_timeout bound that to seconds. URL parameters of the same names win.
+    for key, value in PG_TCP_OPTIONS.items():
+        if key not in parsed.query:
+            connect_args[key] = value
     options = {"pool_pre_ping": True, "connect_args": connect_args}
     options.update(kwargs)
     engine = create_engine(parsed, **options)
