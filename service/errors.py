@@ -73,12 +73,13 @@ def _unparseable_body(exc: StarletteHTTPException) -> str | None:
 
 
 def _document_error_shape(app: FastAPI) -> None:
-    """Make ``/openapi.json`` describe the 422 body this module sends.
+    """Make ``/openapi.json`` describe the 415 and 422 bodies this module sends.
 
     FastAPI documents every 422 it adds by itself with its own ``HTTPValidationError`` (``detail`` a
     list), which is not what :func:`install`'s handler returns (``detail`` a sentence): clients
     generated from the schema would fail to parse our errors. Every 422 response is rewritten to
-    :class:`service.schemas.Error` here, where the shape is decided, rather than in each route."""
+    :class:`service.schemas.Error` here, where the shape is decided, rather than in each route, and
+    every operation with a body documents the 415 :func:`_wrong_content_type` answers."""
     from service.schemas import Error
 
     generate = app.openapi
@@ -92,12 +93,12 @@ def _document_error_shape(app: FastAPI) -> None:
         error_ref = {"$ref": "#/components/schemas/Error"}
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
-                response = operation.get("responses", {}).get("422")
-                if response is None:
-                    continue
-                content = response.setdefault("content", {}).setdefault("application/json", {})
-                if content.get("schema") != error_ref:
-                    content["schema"] = error_ref
+                responses = operation.setdefault("responses", {})
+                if "requestBody" in operation:  # see _wrong_content_type
+                    responses.setdefault("415", {"description": "Unsupported Media Type"})
+                for status in ("415", "422"):
+                    if status in responses:
+                        responses[status]["content"] = {"application/json": {"schema": error_ref}}
         if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
             components.pop("HTTPValidationError", None)
             components.pop("ValidationError", None)
@@ -107,12 +108,41 @@ def _document_error_shape(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _is_json(content_type: str | None) -> bool:
+    """``application/json`` or ``application/<anything>+json``, parameters ignored: what FastAPI decodes."""
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _wrong_content_type(request: Request, errors: list[dict[str, Any]]) -> JSONResponse | None:
+    """415 for a body sent as something other than JSON.
+
+    FastAPI does not decode such a body and validates the raw bytes instead, which reads as
+    "body: Input should be a valid dictionary": true, but it hides the actual mistake (a form post, a
+    missing header). Only the body-level error is taken as the symptom, so a JSON body with a bad field
+    keeps its 422 naming the field."""
+    if _is_json(request.headers.get("content-type")):
+        return None
+    if not any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return None
+    got = request.headers.get("content-type")
+    detail = f"Content-Type must be application/json, got {got!r}" if got else "Content-Type must be application/json"
+    entry = {"loc": ["header", "content-type"], "msg": detail, "type": "unsupported_media_type"}
+    return JSONResponse(status_code=415, content={"detail": detail, "errors": [entry]})
+
+
 def install(app: FastAPI) -> None:
     _document_error_shape(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
+        if request.method in ("POST", "PUT", "PATCH"):
+            wrong = _wrong_content_type(request, errors)
+            if wrong is not None:
+                return wrong
         return JSONResponse(status_code=422, content={"detail": summarise(errors), "errors": _clean(errors)})
 
     @app.exception_handler(StarletteHTTPException)
