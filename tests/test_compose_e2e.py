@@ -44,6 +44,7 @@ from tests.test_service_uvicorn import free_port
 from trainer.data.synth import generate, write_movielens
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+API_KEY = "e2e-api-key-0123456789"  # MOVIEREC_API_KEY in the test's .env
 
 
 class ComposeHost:
@@ -127,8 +128,10 @@ def test_compose_flow_load_train_serve_retrain_hot_swap(postgres_url, tmp_path):
         "POSTGRES_USER": url.username or "postgres",
         "POSTGRES_PASSWORD": url.password or "unused-with-trust-auth",
         "POSTGRES_DB": url.database or "",
+        "MOVIEREC_API_KEY": API_KEY,  # writes need it (the README's rating curl sends it)
     }
     model = load_compose(COMPOSE_FILE, env=dotenv)
+    assert environment(model["services"]["api"])["MOVIEREC_API_KEY"] == API_KEY
     assert service_order(model) == ["db", "trainer", "api"]
     assert depends_on(model["services"]["api"])["trainer"] == "service_completed_successfully"
     volumes = tmp_path / "volumes"
@@ -185,7 +188,8 @@ def test_compose_flow_load_train_serve_retrain_hot_swap(postgres_url, tmp_path):
             curls = [c for c in readme_commands() if c.startswith("curl ")]
             assert len(curls) == 4
             for command in curls:
-                argv = [a.replace("localhost:8000", f"127.0.0.1:{port}") for a in shlex.split(command)]
+                argv = [a.replace("localhost:8000", f"127.0.0.1:{port}").replace("$MOVIEREC_API_KEY", API_KEY)
+                        for a in shlex.split(command)]  # fmt: skip
                 res = subprocess.run(["curl", "--fail", "-sS", "--max-time", "10", *argv[1:]], capture_output=True,
                                      text=True, timeout=30)  # fmt: skip
                 assert res.returncode == 0, f"{command}: {res.stderr}{res.stdout}"

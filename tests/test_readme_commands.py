@@ -34,7 +34,8 @@ EXERCISED: dict[str, list[str]] = {
     "curl -X POST localhost:8000/predict -H 'content-type: application/json' "
     """-d '{"user_id": 1, "movie_id": 318}'""": [E2E],
     "curl 'localhost:8000/movies/1/similar?k=10&similarity=cosine'": [E2E],
-    "curl -X POST localhost:8000/users/1/ratings -H 'content-type: application/json' "
+    'curl -X POST localhost:8000/users/1/ratings -H "X-API-Key: $MOVIEREC_API_KEY" '
+    "-H 'content-type: application/json' "
     """-d '{"movie_id": 50, "rating": 4.5}'""": [E2E],
     "cp docker/env.example .env": [
         "tests/test_readme_commands.py::test_env_example_copy",

@@ -525,3 +525,47 @@ def test_user_ids_reach_the_store_as_integers(client, art):  # noqa: F811
     """An id past the store's BIGINT range is refused by the path bound, never handed to the driver."""
     r = client.post(f"/users/{2**63}/ratings", json={"movie_id": ids(art)[1], "rating": 3}, headers=KEY_HEADERS)
     assert r.status_code == 422 and "user_id" in r.json()["detail"]
+
+
+def test_limits_and_key_over_a_real_uvicorn_server(trained, store_url, art):  # noqa: F811
+    """Through uvicorn's own HTTP parser and a real socket: a chunked upload and a declared one past the
+    limit get the JSON 413, later requests are answered normally, and the key check holds. (That reading stops at
+    the limit is checked at the ASGI level above: an HTTP/1.1 client sends its whole body regardless.)"""
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from tests.test_service_uvicorn import free_port
+
+    port = free_port()
+    app = create_app(make_settings(trained[1], store_url, max_body_bytes=4096))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert thread.is_alive() and time.time() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        u, m = ids(art)
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(64):  # 64 kB, chunked: no Content-Length to refuse it by
+                yield b" " * 1024
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            r = http.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+            assert r.request.headers["transfer-encoding"] == "chunked"
+            assert r.status_code == 413 and r.json() == {"detail": "request body too large (limit 4096 bytes)"}
+            assert r.headers["x-content-type-options"] == "nosniff"
+            r = http.post("/predict", content=b"x" * 5000, headers={"content-type": "application/json"})
+            assert r.status_code == 413
+            assert http.post(f"/users/{u}/ratings", json={"movie_id": m, "rating": 3}).status_code == 401
+            r = http.post(f"/users/{u}/ratings", json={"movie_id": m, "rating": 3}, headers=KEY_HEADERS)
+            assert r.status_code in (200, 201), r.text
+            assert http.get(f"/users/{u}/recommendations").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
