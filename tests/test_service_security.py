@@ -460,7 +460,7 @@ def test_admin_reload_swaps_in_a_new_version_and_refuses_a_corrupt_one(tmp_path,
         bad = artifacts.publish(root, old.manifest.draft(), dict(old.arrays))
         (bad / "item_factors.npy").write_bytes(b"garbage")
         r = c.post("/admin/reload", headers=KEY_HEADERS)
-        assert r.status_code == 200, r.text
+        assert r.status_code == 409, r.text  # a deploy script's `curl --fail` notices the refusal
         body = r.json()
         assert body["swapped"] is False and body["refused"] is True
         assert body["before"] == body["after"] == {"mf": new.name}

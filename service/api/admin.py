@@ -4,7 +4,7 @@ Goes through the same :class:`~service.reloader.ModelHolder` as the poller, so t
 a version is loaded aside and validated fully before the one-reference swap, and a refused one (corrupt,
 half-written, invalid) leaves the served model in place. The answer says what was served before and
 after and, when a version was refused, the holder's error, so a deploy script learns at once whether its
-model went live (the refusal is a 200 with ``refused: true``: the reload itself ran; nothing broke).
+model went live: a refusal answers 409 (the same body, ``refused: true``), so ``curl --fail`` fails.
 
 With several uvicorn workers the call reloads the worker that answers it; the others pick the version
 up at their next poll (``MOVIEREC_RELOAD_INTERVAL_S``).
@@ -13,6 +13,7 @@ up at their next poll (``MOVIEREC_RELOAD_INTERVAL_S``).
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.deps import HolderDep
@@ -33,9 +34,13 @@ class ReloadResult(BaseModel):
 @router.post(
     "/reload",
     response_model=ReloadResult,
-    responses={401: {"model": Error}, 403: {"model": Error}},
+    responses={
+        401: {"model": Error},
+        403: {"model": Error},
+        409: {"model": ReloadResult, "description": "a published version was refused; the old one keeps serving"},
+    },
 )
-def reload_models(_: ApiKeyDep, holder: HolderDep) -> ReloadResult:
+def reload_models(_: ApiKeyDep, holder: HolderDep) -> ReloadResult | JSONResponse:
     """Load every model kind whose ``latest`` pointer names a version not served yet (needs X-API-Key).
 
     A plain ``def``: loading reads and checksums the artifact files, which belongs in the thread pool, not
@@ -46,6 +51,9 @@ def reload_models(_: ApiKeyDep, holder: HolderDep) -> ReloadResult:
     swapped = holder.reload()
     refused = holder.failures > failures
     after = {kind: m.version for kind, m in holder.models.items()}
-    return ReloadResult(
+    result = ReloadResult(
         swapped=swapped, before=before, after=after, refused=refused, error=holder.last_error if refused else None
     )
+    if refused:
+        return JSONResponse(result.model_dump(), status_code=409)
+    return result
