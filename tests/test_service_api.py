@@ -315,8 +315,14 @@ def test_new_version_is_picked_up_without_restart(tmp_path, trained, store_url):
             time.sleep(0.1)
         assert c.get("/model").json()["version"] == new.name
         # a corrupt newer version is refused and the good one keeps serving
-        bad = artifacts.publish(root, old.manifest.draft(), dict(old.arrays))
+        # corrupted before any pointer names it (publishing into the served root first would race the
+        # 0.2 s poll, which could load the version before the corruption), then moved in and pointed at
+        side = tmp_path / "side"
+        bad = artifacts.publish(side, old.manifest.draft(), dict(old.arrays))
         (bad / "item_factors.npy").write_bytes(b"garbage")
+        shutil.move(str(bad), str(root / bad.name))
+        artifacts.set_latest(root, bad.name, "mf")
+        artifacts.set_latest(root, bad.name)
         deadline = time.time() + 10
         while c.get("/model").json()["last_reload_error"] is None and time.time() < deadline:
             time.sleep(0.1)
