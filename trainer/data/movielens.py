@@ -23,6 +23,7 @@ import io
 import logging
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,10 +147,31 @@ def _open_release(path: str | Path) -> Iterator[_Release]:
         with zipfile.ZipFile(p) as zf:
             root = _zip_root(p, zf)
             label = root.rsplit("/", 1)[-1] if root else p.stem
-            yield _Release(p, zf, root, label)
+            try:
+                yield _Release(p, zf, root, label)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                # A damaged download: the central directory reads but a member's data does not inflate
+                # (or fails its CRC). Without this the reader's zlib error escaped as a traceback.
+                where = _first_corrupt_member(zf)
+                raise DataError(
+                    f"{p}{':' + where if where else ''}: corrupt zip member ({exc}); download the release again"
+                ) from exc
         return
     root_dir = _folder_root(p)
     yield _Release(p, None, str(root_dir), root_dir.name)
+
+
+def _first_corrupt_member(zf: zipfile.ZipFile) -> str | None:
+    """The first member whose data cannot be read back intact, for the error message only (it inflates
+    every member, so it runs after a failure, never on the good path)."""
+    for info in zf.infolist():
+        try:
+            with zf.open(info) as fh:
+                while fh.read(1 << 20):
+                    pass
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+            return info.filename
+    return None
 
 
 def _zip_root(path: Path, zf: zipfile.ZipFile) -> str:

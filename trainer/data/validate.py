@@ -215,6 +215,8 @@ def _check_frame(frame: pd.DataFrame, layout: RatingsLayout, scale: RatingScale,
         if col.dtype == object or pd.api.types.is_string_dtype(col.dtype):
             if (col.astype(str).str.strip() == "").any():
                 return f"a {label} is empty"
+        elif ids == "int" and pd.api.types.is_integer_dtype(col.dtype) and (col < 0).any():
+            return f"a {label} is negative"
     ratings = frame[_physical(layout, layout.rating)].to_numpy(dtype=np.float64)
     bad = rating_problems(ratings, scale)
     if bad.any():
@@ -329,6 +331,11 @@ class _LineTracker:
         self._current = lineno
         return text + "\n"
 
+    @property
+    def current_line(self) -> int:
+        """The last line handed to the reader: where the record just read ends."""
+        return self._current
+
     def first_line_of_record(self) -> int:
         start = self._pending_start if self._pending_start is not None else self._current
         self._pending_start = None
@@ -371,15 +378,22 @@ def scan_ratings(
         raise DataError(f"{ref.name}: no ratings (the file has no data rows)")
 
 
+#: Integer ids must fit the artifact's int64 id arrays and be reachable through the service, whose
+#: paths and bodies take ids in 0..2^63-1: a negative id would train a user nobody can ask about.
+ID_MAX = 2**63 - 1
+
+
 def _id_check(label: str, ids: IdKind) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         if not value.strip():
             return f"{label} is missing"
         if ids == "int":
             try:
-                int(value)
+                number = int(value)
             except ValueError:
                 return f"{label} {value!r} is not an integer"
+            if not 0 <= number <= ID_MAX:
+                return f"{label} {value.strip()} is out of range (ids are integers from 0 to 2^63-1)"
         return None
 
     return check
@@ -511,10 +525,26 @@ def read_csv_table(ref: FileRef, encoding: str = "utf-8") -> pd.DataFrame:
     if frame.isna().to_numpy().any():
         _scan_table(ref, encoding)
         frame = frame.fillna("")
+    if frame.apply(lambda column: column.str.contains("\n|\r", regex=True)).to_numpy().any():
+        # A quote opened and never closed swallows the following lines into one field (one long title,
+        # the next movies lost) without any parse error; no id, title or genre list spans lines.
+        _scan_multiline_records(ref, encoding)
     header = [str(c).strip() for c in frame.iloc[0].tolist()]
     body = frame.iloc[1:].reset_index(drop=True)
     body.columns = header
     return body
+
+
+def _scan_multiline_records(ref: FileRef, encoding: str) -> None:
+    """Raise DataError at the first record whose quoted field runs past the end of its line."""
+    with ref.open() as raw:
+        tracker = _LineTracker(decoded_lines(raw, ref.name, encoding))
+        for _ in csv.reader(tracker, strict=False):
+            start, end = tracker.first_line_of_record(), tracker.current_line
+            if end != start:
+                raise DataError(
+                    f"{ref.name} line {start}: a quoted field runs on to line {end} (a '\"' is not closed)"
+                )
 
 
 def _scan_table(ref: FileRef, encoding: str) -> None:
