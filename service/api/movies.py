@@ -19,7 +19,7 @@ router = APIRouter(prefix="/movies", tags=["movies"])
 MovieIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
 
 
-@router.get("/{movie_id}", response_model=MovieDetail, responses={404: {"model": Error}})
+@router.get("/{movie_id}", response_model=MovieDetail, responses={404: {"model": Error}, 503: {"model": Error}})
 async def get_movie(movie_id: MovieIdPath, model: ModelDep, sessions: SessionsDep) -> MovieDetail:
     """A movie from the model's catalogue, else from the store (a movie added after training)."""
     code = model.items.code(movie_id)
@@ -58,7 +58,7 @@ class SimilarQuery(QueryModel):
 @router.get(
     "/{movie_id}/similar",
     response_model=SimilarMovies,
-    responses={404: {"model": Error}, 422: {"model": Error}},
+    responses={404: {"model": Error}, 422: {"model": Error}, 503: {"model": Error}},
     openapi_extra=SimilarQuery.openapi(),
 )
 async def similar(request: Request, movie_id: MovieIdPath) -> Response:
