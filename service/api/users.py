@@ -25,7 +25,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 UserIdPath = Annotated[int, Path(ge=0, le=2**63 - 1)]
 
 
-@router.get("/{user_id}/ratings", response_model=UserRatings, responses={404: {"model": Error}})
+@router.get("/{user_id}/ratings", response_model=UserRatings, responses={404: {"model": Error}, 503: {"model": Error}})
 def user_ratings(user_id: UserIdPath, model: ModelDep, session: SessionDep) -> UserRatings:
     try:
         rows = repository.user_ratings(session, user_id)
