@@ -375,6 +375,32 @@ def synth(
     console.print(f"wrote {n_ratings} ratings ({n_users} users x {n_items} movies) to {out}")
 
 
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="TOML or YAML: [base] settings and [ablate] or [grid] lists")],
+    out: Annotated[Path | None, typer.Option(help="results folder [default: sweeps/<config stem>/ beside it]")] = None,
+) -> None:
+    """Train every run of an ablation or grid (resuming: finished runs are skipped), then plot and summarise."""
+    from trainer.config import ConfigError
+    from trainer.data.dataset import DataError
+    from trainer.sweep import run_sweep
+
+    def report(done: int, total: int, row: dict[str, Any]) -> None:
+        what = ", ".join(f"{k}={v}" for k, v in row["varied"].items()) or "baseline"
+        score = f"test RMSE {row['test_rmse']:.4f}" if row.get("test_rmse") is not None else row["status"]
+        console.print(f"[{done}/{total}] {row['run_id']} {what}: {score}")
+
+    try:
+        result = run_sweep(config, out, on_run=report)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+        return
+    console.print(
+        f"{len(result.rows)} runs ({len(result.ran)} trained now, {len(result.skipped)} already done): "
+        f"[bold]{result.summary}[/]"
+    )
+
+
 def main() -> None:
     app()
 
