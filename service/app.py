@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from movierec import __version__
 from service import errors
-from service.api import admin, health, movies, predict, recommendations, users
+from service.api import admin, health, movies, predict, recommendations, report, users
 from service.config import ServiceSettings
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
@@ -60,7 +60,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.holder = holder
     app.state.metrics = Metrics(holder.metrics_state)
     errors.install(app)
-    for module in (recommendations, predict, movies, users, admin, health):
+    for module in (recommendations, predict, movies, users, admin, health, report):
         app.include_router(module.router)
     add_middlewares(app, settings)
     return app
@@ -84,6 +84,7 @@ def add_middlewares(app: FastAPI, settings: ServiceSettings) -> None:
             allow_credentials=False,  # the key travels in a header, never in cookies
             max_age=600,
         )
-    docs = [p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p]
+    # HTML pages: the docs, and the training report (which narrows the policy again with its own CSP)
+    docs = [p for p in (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url, report.PAGE_PATH) if p]
     app.add_middleware(SecurityHeadersMiddleware, docs_paths=docs)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
