@@ -79,6 +79,7 @@ EXERCISED: dict[str, list[str]] = {
     "python bench/bench_service.py": [BENCH],
     "python bench/bench_load.py": [BENCH],
     "python bench/bench_models.py --speed": [BENCH],
+    "python bench/bench_peers.py": [BENCH],
 }
 
 
