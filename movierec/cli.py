@@ -290,6 +290,22 @@ def evaluate(
     )
 
 
+@app.command("report")
+def report_command(
+    artifact_dir: Annotated[Path, typer.Argument(help="a version folder, or an artifacts root (uses latest)")],
+) -> None:
+    """Redraw a version's training report (plots and tables) into ROOT/reports/<version>/report.html."""
+    from movierec.artifacts import ArtifactError
+    from movierec.report import ReportError, write_report
+
+    try:
+        page = write_report(artifact_dir)
+    except (ArtifactError, ReportError) as exc:
+        _fail(f"cannot draw the report: {exc}")
+        return
+    console.print(f"wrote [bold]{page}[/]")
+
+
 def _service_settings(overrides: dict[str, Any]):  # type: ignore[no-untyped-def]
     from pydantic import ValidationError
 

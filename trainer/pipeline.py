@@ -177,10 +177,12 @@ def train(
         "n_valid": len(valid) if valid is not None else 0,
         "n_test": len(test) if test is not None else 0,
     }
+    test_histogram = None
     if test is not None and len(test):
         metrics["test"] = evaluate_predictions(
             model.predict, model.score_items, seen, test, tuple(settings.ks), settings.relevance_threshold
         )
+        test_histogram = _test_histogram(model, test, data)
 
     version_dir = None
     if publish:
@@ -207,7 +209,38 @@ def train(
         )
         version_dir = artifacts.publish(settings.artifacts_dir, draft, arrays)
         log.info("published %s", version_dir)
+        _draw_report(version_dir, test_histogram)
     return TrainResult(version_dir, metrics, history, train_seconds, model)
+
+
+def _test_histogram(model: Recommender, test: RatingsData, data: RatingsData) -> dict[str, Any] | None:
+    """Histograms of predicted and true test ratings for the report: the one report input the artifact
+    lacks (it holds no test split). None, with a warning, when they cannot be computed: a report is a
+    convenience and must never fail a training run."""
+    from movierec.report import rating_histogram
+
+    try:
+        scale = data.scale
+        return rating_histogram(test.ratings, model.predict(test.users, test.items), scale.low, scale.high, scale.step)
+    except Exception as e:  # any failure here only costs one report section
+        log.warning("could not compute the test rating histograms for the report: %s", e)
+        return None
+
+
+def _draw_report(version_dir: Path, test_histogram: dict[str, Any] | None) -> None:
+    """Write the training report of a just-published version (``ROOT/reports/<version>/``, see
+    movierec.report_files). After the publish, and any failure only logged: the model is already
+    served-ready and a plotting problem must not fail the run (``movierec report`` redraws it)."""
+    from movierec.report import save_test_predictions, write_report
+
+    try:
+        if test_histogram is not None:
+            save_test_predictions(version_dir, test_histogram)
+        log.info("training report: %s", write_report(version_dir))
+    except Exception as e:  # matplotlib missing, a drawing bug, a full disk: never a failed training run
+        log.warning(
+            "could not draw the training report of %s: %s (retry: movierec report %s)", version_dir.name, e, version_dir
+        )
 
 
 def _device_name(model: Recommender) -> str:
