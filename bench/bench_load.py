@@ -16,15 +16,17 @@ Writes carry the API key (``MOVIEREC_API_KEY`` is set to a random token for the 
 looked up in the store afterwards.
 
 Reported per worker count:
-- requests, req/s, p50/p95/p99/max latency over the whole run (wrk's histogram, warm-up included);
+- first a warm-up (``--warmup``, 30 s) of the same reads without writes at the same concurrency, which
+  fills the service's per-user recommendation lists; its requests and errors are reported apart;
+- requests, req/s, p50/p95/p99/max latency over the measured window (wrk's histogram);
 - socket errors by kind (connect/read/write/timeout, from wrk) and non-2xx responses by endpoint and by
   status. wrk's ``response()`` is not told which request an answer belongs to, so the endpoint is read
   from the body: every 2xx body has its endpoint's shape; an error body (``{"detail": ...}``) is put
   under its endpoint only when nothing else could have answered it (401/403 and a 422 on the "rating"
   field: writes only), else under "unknown", with the counts by status and a few bodies beside;
 - resident memory (VmRSS summed over the uvicorn master and all its descendants, sampled every second):
-  at the end of warm-up (the first 10 s, or 1/6 of a shorter run), at the end, the max, and the growth
-  after warm-up; "flat" = growth under 5% (a verdict, not a failure);
+  at the start of the measured window (after the warm-up run; with ``--warmup 0``, after its first 10 s or
+  1/6), at the end, the max, and the growth; "flat" = growth under 5% (a verdict, not a failure);
 - data: store rows before/after; each write answered 2xx must be in the store afterwards (its pair
   present with one of the marker timestamps sent for it and the matching rating; a later write to the
   same pair may replace it), and the rows added must be exactly the new pairs that our writes created.
@@ -340,8 +342,24 @@ def run_case(
         lua.write_text(script)
         cmd = ["wrk", f"-t{a.threads}", f"-c{a.connections}", f"-d{a.duration}s", "--timeout", "10s",
                "-s", str(lua), base]  # fmt: skip
+        warmup: dict[str, Any] | None = None
         try:
             idle_mib, _ = tree_rss_mib(proc.pid)
+            if a.warmup > 0:
+                # The same reads, no writes, before the measured window: the per-user recommendation lists
+                # (service/candidates.py) fill here, so the window's RSS shows growth, not cache filling.
+                reads = MIX["recommendations"] + MIX["predict"] + MIX["similar"]
+                wlua = work / "warmup.lua"
+                wlua.write_text(LUA % {
+                    **{"users": ",".join(map(str, users)), "movies": ",".join(map(str, movies))},
+                    "api_key": api_key, "out_path": str(work / "warmup"), "seed": a.seed + 1, "ts_base": TS_BASE,
+                    "p_rec": MIX["recommendations"] / reads, "p_pred": MIX["predict"] / reads,
+                    "p_sim": MIX["similar"] / reads + 1e-9,
+                })  # fmt: skip
+                wcmd = ["wrk", f"-t{a.threads}", f"-c{a.connections}", f"-d{a.warmup}s", "--timeout", "10s",
+                        "-s", str(wlua), base]  # fmt: skip
+                subprocess.run(wcmd, capture_output=True, text=True, check=True)
+                warmup = json.loads((work / "warmup").read_text())
             sampler = RssSampler(proc.pid)
             sampler.start()
             res = subprocess.run(cmd, capture_output=True, text=True)
@@ -355,7 +373,9 @@ def run_case(
         r = json.loads(prefix.read_text())
         wrk_len = [s for s in sampler.samples if s[0] <= a.duration + 0.5] or sampler.samples
         r["rps"] = r["requests"] / r["seconds"]
-        r["rss"] = {"idle_mib": idle_mib, **rss_summary(wrk_len, min(10.0, a.duration / 6))}
+        r["rss"] = {"idle_mib": idle_mib, **rss_summary(wrk_len, 0.0 if a.warmup > 0 else min(10.0, a.duration / 6))}
+        r["warmup"] = {"seconds": a.warmup, "requests": warmup["requests"], "socket_errors": warmup["socket_errors"],
+                       "p99_ms": warmup["p99_ms"]} if warmup else None  # fmt: skip
         r["rss"]["after_mib"] = sampler.samples[-1][1]
         r["data"] = data_check(db, template, before, prefix)
         shutil.copyfile(lua, Path(a.out).parent / "load.lua")
@@ -373,6 +393,9 @@ def print_case(c: dict[str, Any]) -> None:
           f"(process start to ready {c['process_start_to_ready_s']:.1f} s)")  # fmt: skip
     print(f"  requests {c['requests']}  req/s {c['rps']:.0f}  p50 {c['p50_ms']:.1f} ms  p95 {c['p95_ms']:.1f} ms  "
           f"p99 {c['p99_ms']:.1f} ms  max {c['max_ms']:.0f} ms")  # fmt: skip
+    if c.get("warmup"):
+        w = c["warmup"]
+        print(f"  warm-up: {w['seconds']} s of reads, {w['requests']} requests, socket errors {w['socket_errors']}")
     print(f"  socket errors: connect {e['connect']}  read {e['read']}  write {e['write']}  timeout (>10 s) "
           f"{e['timeout']}")  # fmt: skip
     print(f"  {'endpoint':<18}{'sent':>9}{'2xx':>9}{'non-2xx':>9}")
@@ -401,6 +424,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=60, help="seconds of load per worker count")
     ap.add_argument("--connections", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=30, help="seconds of the read mix before the measured window")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--workers", default="1,2", help="comma-separated uvicorn worker counts, one run each")
     ap.add_argument("--seed", type=int, default=1)
