@@ -59,6 +59,11 @@ EXERCISED: dict[str, list[str]] = {
         "tests/test_mf.py::test_cli_train_then_evaluate_and_bad_data_writes_nothing",
     ],
     "movierec synth --shape ml-1m --out /tmp/ml1m-synth": ["tests/test_readme_commands.py::test_synth_command"],
+    "movierec sweep configs/ablation-embedding.toml": [
+        "tests/test_sweep.py::test_example_config_is_the_embedding_ablation_on_the_shared_ml100k",
+        "tests/test_sweep.py::test_ablation_writes_one_row_per_run_and_every_plot",
+        "tests/test_sweep.py::test_killed_sweep_resumes_without_repeating_a_run",
+    ],
     "movierec db upgrade": ["tests/test_store.py::test_cli_db_upgrade_reads_the_environment"],
     "movierec db load --data PATH": ["tests/test_store.py::test_cli_db_load_then_train_from_db"],
     "movierec db load --dataset NAME --if-empty": [
