@@ -236,6 +236,8 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 def loss_figure(history: Sequence[dict[str, Any]], best_epoch: int | None) -> bytes:
     """Train and validation loss (left) and RMSE (right) per epoch; the best epoch dashed."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _new_figure(10, 3.8)
     for ax, what in zip(fig.subplots(1, 2), ("loss", "rmse"), strict=True):
         for split, style in (("train", "-o"), ("valid", "-s")):
@@ -245,6 +247,7 @@ def loss_figure(history: Sequence[dict[str, Any]], best_epoch: int | None) -> by
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(what.upper() if what == "rmse" else what)
         ax.set_title(f"{what.upper() if what == 'rmse' else what.capitalize()} per epoch")
         ax.grid(alpha=0.3)

@@ -38,8 +38,9 @@ def model_report(
     request: Request,
     model: Annotated[str | None, Query(description="model kind; default: MOVIEREC_RECOMMEND_MODEL")] = None,
 ) -> Response:
-    """The training report of the served model's version (loss curves, test metrics beside the baselines,
-    embedding plots, neighbours). A plain ``def``: reading the file runs in the thread pool."""
+    """The training report of the served model's version: loss curves, test metrics beside the baselines,
+    rating distributions, embedding plots and nearest neighbours, as one self-contained HTML page."""
+    # a plain ``def``: FastAPI runs it in the thread pool, so reading the file never blocks the event loop
     loaded = current_model(request, model)
     path = report_html(loaded.artifact.path)
     try:
