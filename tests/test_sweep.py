@@ -198,7 +198,7 @@ def test_bad_config_fails_naming_the_file_and_the_field(tmp_path, body, names):
 def test_example_config_is_the_embedding_ablation_on_the_shared_ml100k():
     """README's `movierec sweep configs/ablation-embedding.toml`: six dims on the official u1 fold.
 
-    Running it takes about 2 minutes (measured in the config's header), too long for the suite; the
+    Running it takes 2 to 3 minutes (measured in the config's header), too long for the suite; the
     mechanics are exercised above on synthetic data, and this checks the checked-in plan and its data.
     """
     config = REPO / "configs/ablation-embedding.toml"
