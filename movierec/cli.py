@@ -198,6 +198,9 @@ def train(
         float | None, typer.Option(help="gravity: weight of the mean squared score over all pairs")
     ] = None,
     # end gravity
+    track_test: Annotated[
+        bool | None, typer.Option("--track-test/--no-track-test", help="score the test split after every epoch")
+    ] = None,
     from_db: Annotated[
         bool | None, typer.Option("--from-db", help="train on the SQL store instead of files [MOVIEREC_FROM_DB]")
     ] = None,
@@ -213,6 +216,7 @@ def train(
         init=init, init_scale=init_scale, side_features=tuple(side_features) if side_features else None,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, l2=l2, l2_bias=l2_bias, schedule=schedule,
         epochs=epochs, batch_size=batch_size, patience=patience, amp=amp, from_db=from_db, database_url=database_url,
+        track_test=track_test,
     )  # fmt: skip
     overrides.update(
         softmax_hidden=_int_list(softmax_hidden, "--softmax-hidden"), softmax_input_dim=softmax_input_dim,

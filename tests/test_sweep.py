@@ -33,6 +33,7 @@ dim = 8
 patience = 1
 device = "cpu"
 seed = 3
+track_test = true
 """
 
 
@@ -80,6 +81,11 @@ def test_ablation_writes_one_row_per_run_and_every_plot(ablation):
         assert row["rmse_gap"] == pytest.approx(row["test_rmse"] - row["train_rmse"])
         assert row["best_valid_rmse"] == min(e["valid_rmse"] for e in row["history"])
         assert [e["epoch"] for e in row["history"]] == list(range(1, row["epochs_run"] + 1))
+        # track_test: the test split scored after every epoch; the kept (best-epoch) model's final test
+        # score is exactly that epoch's
+        assert all(0.0 <= e["test_accuracy"] <= 1.0 and e["test_rmse"] > 0 for e in row["history"])
+        best = row["history"][(row["best_epoch"] or row["epochs_run"]) - 1]
+        assert best["test_rmse"] == pytest.approx(row["test_rmse"], abs=1e-6)
         assert row["train_seconds"] > 0
     assert result.ran == [r["run_id"] for r in rows] and result.skipped == []
 

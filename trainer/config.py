@@ -60,6 +60,9 @@ class TrainSettings(BaseSettings):
     artifacts_dir: Path = Path("artifacts")
     ks: tuple[int, ...] = (10, 20)
     relevance_threshold: float = 4.0
+    track_test: bool = Field(
+        False, description="score the test split after every epoch (test RMSE and half-star accuracy per epoch)"
+    )
 
     # biased MF
     dim: int = Field(64, ge=1, le=4096)

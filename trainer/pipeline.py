@@ -163,15 +163,30 @@ def train(
         fit_on, valid = validation_split(seen, settings.valid_fraction, settings.seed + 1)
 
     model = build_model(settings)
+    per_epoch_test: dict[int, dict[str, float]] = {}
+    fit_callback = on_epoch
+    if settings.track_test and test is not None and len(test):
+        # Ablations plot test accuracy per epoch; the epoch loops only know the validation split, so the
+        # pipeline (which holds the model and the test split) scores it after each epoch. Costs one
+        # prediction pass per epoch; off by default.
+        def fit_callback(m: EpochMetrics) -> None:
+            row = rating_metrics(test.ratings, model.predict(test.users, test.items))
+            per_epoch_test[m.epoch] = {"test_rmse": row["rmse"], "test_accuracy": row["accuracy"]}
+            if on_epoch is not None:
+                on_epoch(m)
+
     t0 = time.perf_counter()
-    history = model.fit(fit_on, valid, on_epoch)
+    history = model.fit(fit_on, valid, fit_callback)
     train_seconds = time.perf_counter() - t0
+    epoch_rows = history.as_dicts()
+    for row in epoch_rows:
+        row.update(per_epoch_test.get(int(row["epoch"] or 0), {}))
 
     metrics: dict[str, Any] = {
         "train_seconds": train_seconds,
         "epochs_run": len(history.epochs),
         "best_epoch": history.best_epoch,
-        "history": history.as_dicts(),
+        "history": epoch_rows,
         "split": settings.split,
         "n_train": len(fit_on),
         "n_valid": len(valid) if valid is not None else 0,

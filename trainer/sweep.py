@@ -423,8 +423,8 @@ def _groups(plan: SweepPlan, rows: Iterable[dict[str, Any]], key: str) -> list[_
 def draw_plots(plan: SweepPlan, rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """Per varied field: bars of test accuracy, test RMSE and the RMSE gap, and per-epoch curves.
 
-    The per-epoch curves are validation RMSE (train RMSE when a run had no validation split): the pipeline
-    scores the test set once, on the model it keeps, so there is no per-epoch test metric to draw.
+    The per-epoch curves are test half-star accuracy when the runs set ``track_test`` (the pipeline then
+    scores the test split after every epoch), else validation RMSE (train RMSE without a validation split).
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, no display, Agg canvas by default
 
@@ -464,19 +464,20 @@ def draw_plots(plan: SweepPlan, rows: list[dict[str, Any]], out: Path) -> list[P
 
         fig = Figure(figsize=(6.0, 3.8), layout="constrained")
         ax = fig.add_subplot()
-        metric = (
-            "valid_rmse"
-            if all(any(e.get("valid_rmse") is not None for e in g.best()["history"]) for g in groups)
-            else "train_rmse"
-        )
+        def everywhere(name: str) -> bool:
+            return all(any(e.get(name) is not None for e in g.best()["history"]) for g in groups)
+
+        # test accuracy per epoch when the runs tracked it (``track_test = true``), else validation RMSE
+        metric = next((m for m in ("test_accuracy", "valid_rmse") if everywhere(m)), "train_rmse")
+        labels = {"test_accuracy": ("test half-star accuracy", "test accuracy"),
+                  "valid_rmse": ("validation RMSE", "validation RMSE"),
+                  "train_rmse": ("train RMSE (running, no validation split)", "train RMSE")}  # fmt: skip
         for group in groups:
             hist = [e for e in group.best()["history"] if e.get(metric) is not None]
             ax.plot([e["epoch"] for e in hist], [e[metric] for e in hist], marker=".", label=group.label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("validation RMSE" if metric == "valid_rmse" else "train RMSE (running, no validation split)")
-        ax.set_title(
-            f"per-epoch {'validation' if metric == 'valid_rmse' else 'train'} RMSE by {key}{suffix}", fontsize=9
-        )
+        ax.set_ylabel(labels[metric][0])
+        ax.set_title(f"per-epoch {labels[metric][1]} by {key}{suffix}", fontsize=9)
         ax.legend(title=key, fontsize=7)
         path = out / f"{key}-epochs.png"
         fig.savefig(path, dpi=110)
