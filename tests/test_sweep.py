@@ -89,7 +89,19 @@ def test_ablation_writes_one_row_per_run_and_every_plot(ablation):
         assert row["train_seconds"] > 0
     assert result.ran == [r["run_id"] for r in rows] and result.skipped == []
 
-    kinds = ("accuracy", "rmse", "gap", "epochs")
+    # neighbours: the 10 most-rated movies' top-10 lists by dot and cosine, recorded per run
+    from trainer.sweep import neighbour_overlap
+
+    base_row = next(r for r in rows if r["varied"] == {})
+    for row in rows:
+        nb = row["neighbours"]
+        assert len(nb["probes"]) == 10 and all(len(x) == 10 for x in nb["dot"] + nb["cosine"])
+        assert all(p[0] not in lst for p, lst in zip(nb["probes"], nb["dot"], strict=True))
+    assert neighbour_overlap(base_row["neighbours"], base_row["neighbours"], "cosine") == 1.0
+    other = next(r for r in rows if r["varied"] == {"dim": 4})
+    assert 0.0 <= neighbour_overlap(base_row["neighbours"], other["neighbours"], "dot") < 1.0
+
+    kinds = ("accuracy", "rmse", "gap", "epochs", "neighbours")
     expected = {f"{field}-{kind}.png" for field in ("dim", "biases", "output") for kind in kinds}
     assert {p.name for p in result.plots} == expected
     for name in expected:

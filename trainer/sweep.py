@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trainer.config import ConfigError, TrainSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -297,6 +299,7 @@ def run_one(planned: PlannedRun, split_cache: dict[str, Any] | None = None) -> d
     history = metrics["history"]
     valid = [e["valid_rmse"] for e in history if e.get("valid_rmse") is not None]
     row: dict[str, Any] = {
+        "neighbours": probe_neighbours(result.model, seen),
         "run_id": planned.run_id,
         "status": "ok",
         "varied": planned.varied,
@@ -317,6 +320,42 @@ def run_one(planned: PlannedRun, split_cache: dict[str, Any] | None = None) -> d
         "finished_at": _now(),
     }
     return row
+
+
+PROBE_ITEMS = 10  # the most-rated training movies whose neighbours each run records
+PROBE_K = 10
+
+
+def probe_neighbours(model: Any, seen: Any) -> dict[str, list[list[int]]] | None:
+    """Top-10 neighbours (item codes) of the most-rated training movies, by dot product and by cosine of
+    the exported movie vectors: what a regulariser (gravity's lambda_g, L2, the embedding size) does to
+    "similar movies" shows as how much these lists change across a sweep. None for kinds without plain
+    movie vectors (sequence exports an ONNX graph; its export is too costly to run per sweep run)."""
+    if getattr(model, "kind", None) == "sequence":
+        return None
+    v = np.asarray(model.export().arrays["item_factors"], dtype=np.float64)
+    counts = np.bincount(np.asarray(seen.items), minlength=len(v))
+    probes = np.argsort(-counts, kind="stable")[:PROBE_ITEMS]
+    out: dict[str, list[list[int]]] = {"probes": [[int(p)] for p in probes]}
+    norms = np.linalg.norm(v, axis=1)
+    for name in ("dot", "cosine"):
+        lists = []
+        for p in probes:
+            scores = v @ v[p]
+            if name == "cosine":
+                scores = scores / np.maximum(norms * norms[p], 1e-12)
+            scores[p] = -np.inf
+            lists.append([int(c) for c in np.argsort(-scores, kind="stable")[:PROBE_K]])
+        out[name] = lists
+    return out
+
+
+def neighbour_overlap(a: dict[str, Any] | None, b: dict[str, Any] | None, name: str) -> float | None:
+    """Mean Jaccard overlap of two runs' neighbour lists (same probes), or None when either lacks them."""
+    if not a or not b or a.get("probes") != b.get("probes"):
+        return None
+    pairs = zip(a[name], b[name], strict=True)
+    return float(np.mean([len(set(x) & set(y)) / len(set(x) | set(y)) for x, y in pairs]))
 
 
 def run_sweep(
@@ -462,22 +501,46 @@ def draw_plots(plan: SweepPlan, rows: list[dict[str, Any]], out: Path) -> list[P
             fig.savefig(path, dpi=110)
             written.append(path)
 
+        reference = next((g.best() for g in groups if g.label.endswith("(base)")), groups[0].best())
+        overlaps = {
+            name: [neighbour_overlap(reference.get("neighbours"), g.best().get("neighbours"), name) for g in groups]
+            for name in ("dot", "cosine")
+        }
+        if all(x is not None for xs in overlaps.values() for x in xs):
+            fig = Figure(figsize=(max(4.0, 0.9 * len(groups) + 2), 3.6), layout="constrained")
+            ax = fig.add_subplot()
+            width = 0.4
+            for j, name in enumerate(("dot", "cosine")):
+                drawn = ax.bar([i + (j - 0.5) * width for i in range(len(groups))], overlaps[name], width, label=name)
+                ax.bar_label(drawn, fmt="%.2f", fontsize=7)
+            ax.set_xticks(range(len(groups)), labels)
+            ax.set_ylim(0, 1.1)
+            ax.set_xlabel(key)
+            ax.set_ylabel(f"top-{PROBE_K} neighbour overlap (Jaccard)")
+            ax.set_title(f"similar movies vs {reference['varied'] and _value_label(reference['settings'].get(key)) or 'base'}"
+                         f": the {PROBE_ITEMS} most-rated movies, by {key}", fontsize=9)  # fmt: skip
+            ax.legend(fontsize=7)
+            path = out / f"{key}-neighbours.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+
         fig = Figure(figsize=(6.0, 3.8), layout="constrained")
         ax = fig.add_subplot()
+
         def everywhere(name: str) -> bool:
             return all(any(e.get(name) is not None for e in g.best()["history"]) for g in groups)
 
         # test accuracy per epoch when the runs tracked it (``track_test = true``), else validation RMSE
         metric = next((m for m in ("test_accuracy", "valid_rmse") if everywhere(m)), "train_rmse")
-        labels = {"test_accuracy": ("test half-star accuracy", "test accuracy"),
-                  "valid_rmse": ("validation RMSE", "validation RMSE"),
-                  "train_rmse": ("train RMSE (running, no validation split)", "train RMSE")}  # fmt: skip
+        metric_labels = {"test_accuracy": ("test half-star accuracy", "test accuracy"),
+                         "valid_rmse": ("validation RMSE", "validation RMSE"),
+                         "train_rmse": ("train RMSE (running, no validation split)", "train RMSE")}  # fmt: skip
         for group in groups:
             hist = [e for e in group.best()["history"] if e.get(metric) is not None]
             ax.plot([e["epoch"] for e in hist], [e[metric] for e in hist], marker=".", label=group.label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(labels[metric][0])
-        ax.set_title(f"per-epoch {labels[metric][1]} by {key}{suffix}", fontsize=9)
+        ax.set_ylabel(metric_labels[metric][0])
+        ax.set_title(f"per-epoch {metric_labels[metric][1]} by {key}{suffix}", fontsize=9)
         ax.legend(title=key, fontsize=7)
         path = out / f"{key}-epochs.png"
         fig.savefig(path, dpi=110)
