@@ -64,6 +64,10 @@ EXERCISED: dict[str, list[str]] = {
         "tests/test_sweep.py::test_ablation_writes_one_row_per_run_and_every_plot",
         "tests/test_sweep.py::test_killed_sweep_resumes_without_repeating_a_run",
     ],
+    "movierec sweep configs/ablation-gravity.toml": [
+        "tests/test_sweep.py::test_example_gravity_config_varies_lambda_g_on_the_shared_ml100k",
+        "tests/test_sweep.py::test_ablation_writes_one_row_per_run_and_every_plot",
+    ],
     "movierec db upgrade": ["tests/test_store.py::test_cli_db_upgrade_reads_the_environment"],
     "movierec db load --data PATH": ["tests/test_store.py::test_cli_db_load_then_train_from_db"],
     "movierec db load --dataset NAME --if-empty": [

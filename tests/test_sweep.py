@@ -229,3 +229,11 @@ def test_example_config_is_the_embedding_ablation_on_the_shared_ml100k():
     data = Path(plan.base_settings.data)  # type: ignore[arg-type]
     assert data == (REPO.parent / "shared/data/movielens/ml-100k").resolve()
     assert (data / "u1.base").is_file() and (data / "u1.test").is_file()
+
+
+def test_example_gravity_config_varies_lambda_g_on_the_shared_ml100k():
+    """README's `movierec sweep configs/ablation-gravity.toml`: gravity's lambda_g from 0 to 100, baseline 1."""
+    plan = plan_sweep(REPO / "configs/ablation-gravity.toml")
+    assert plan.mode == "ablate" and list(plan.fields) == ["gravity_lambda_g"]
+    assert [r.settings.gravity_lambda_g for r in plan.runs] == [1.0, 0.0, 0.1, 10.0, 100.0]
+    assert all(r.settings.model == "gravity" and r.settings.track_test for r in plan.runs)
