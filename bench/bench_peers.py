@@ -126,12 +126,29 @@ def _check_fold(spec: dict[str, Any], shared: str) -> dict[str, Any]:
     return {"n_train": len(seen), "n_test": len(test)}
 
 
-def _gpu_available() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+def _prepare(spec: dict[str, Any], shared: str, path: str, q: Any) -> None:
+    """In a fresh process: the parent must stay light, because a spawned child's ru_maxrss starts from the
+    RSS of the parent it was forked from (kept across exec), which would inflate every case's peak."""
+    q.put(_export(spec, shared, Path(path)) if spec["split"] == "random" else _check_fold(spec, shared))
+
+
+def _versions(q: Any) -> None:
+    import numpy
+    import surprise
+    import torch
+
+    from trainer.config import load_settings
+
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    q.put(
+        {
+            "seed": load_settings(None).seed,
+            "numpy": numpy.__version__,
+            "torch": str(torch.__version__),
+            "surprise": surprise.__version__,
+            "cuda": cuda,
+        }
+    )
 
 
 def _machine() -> dict[str, Any]:
@@ -149,13 +166,8 @@ def _machine() -> dict[str, Any]:
     except OSError:
         pass
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    import numpy
-    import surprise
-    import torch
-
     return {"cpus": cpus, "cpu_model": model, "mem_gib": mem_gib, "python": platform.python_version(),
-            "platform": platform.platform(), "numpy": numpy.__version__, "torch": torch.__version__,
-            "surprise": surprise.__version__}  # fmt: skip
+            "platform": platform.platform(), **bench_models.fresh(_versions)}  # fmt: skip
 
 
 def _pause_while(lock: str | None) -> None:
@@ -190,6 +202,7 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         "# Peers: Surprise SVD / SVD++ beside movierec's models",
         "",
+        *([] if result.get("complete") else ["**Partial: the run had not finished when this was written.**", ""]),
         "Everything in the measured tables ran in this one run, on this machine, each (model, fold) in a fresh",
         "process (peak RSS is its own: our cases import torch, Surprise's only surprise/numpy/pandas), one thread",
         "each (Surprise's Cython SGD is single-threaded; our cases set `torch.set_num_threads(1)`).",
@@ -282,13 +295,12 @@ def main() -> None:
         import surprise  # noqa: F401
     except ImportError:
         sys.exit("scikit-surprise is not installed: pip install -e '.[peers]'")
-    from trainer.config import load_settings
-
-    seed = load_settings(None).seed
     started = time.perf_counter()
     command = "python bench/bench_peers.py" + "".join(f" {x}" for x in sys.argv[1:])
+    machine = _machine()
+    seed = machine.pop("seed")
     result: dict[str, Any] = {"command": command, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                              "machine": _machine(), "seed": seed, "rows": [], "notes": {}}  # fmt: skip
+                              "machine": machine, "seed": seed, "rows": [], "notes": {}}  # fmt: skip
     splits = [s for s in a.splits.split(",") if s]
     result["splits"] = splits
     kinds = [k for k in a.kinds.split(",") if k]
@@ -301,10 +313,7 @@ def main() -> None:
         checks: list[dict[str, Any]] = []
         for i, spec in enumerate(specs):
             path = tmp / f"{split}-{i}.npz"
-            if spec["split"] == "random":
-                checks.append(_export(spec, a.shared, path))
-            else:
-                checks.append(_check_fold(spec, a.shared))
+            checks.append(bench_models.fresh(_prepare, spec, a.shared, str(path)))
             exports.append(str(path))
         peers = [p for p in PEERS if p != "svdpp" or split in svdpp_splits]
         svd_s: float | None = None
@@ -326,6 +335,7 @@ def main() -> None:
                 svd_s = row["train_s"]
             row["time_ratio_to_svd"] = row["train_s"] / svd_s if svd_s else None
             result["rows"].append(row)
+            _write(result, a, started, done=False)
             ratio = f"{row['time_ratio_to_svd']:8.2f}" if svd_s else f"{'n/a':>8}"
             print(f"{split:<14}{model:<16}{row['rmse']:9.4f}{row['mae']:9.4f}{row['train_s']:9.1f}"
                   f"{row['peak_rss_mib']:10.0f}{ratio}", flush=True)  # fmt: skip
@@ -337,7 +347,7 @@ def main() -> None:
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
-    device = _gpu_available() if a.gpu == "auto" else None
+    device = result["machine"]["cuda"] if a.gpu == "auto" else None
     if device:
         _pause_while(a.pause_while)
         rows = [bench_mf.in_fresh_process("_speed_case", "ml-1m", None, "cuda"),
@@ -345,11 +355,17 @@ def main() -> None:
         result["gpu"] = {"device": rows[0]["device"] or device, "ml25m_epochs": a.ml25m_epochs, "rows": rows}
         for r in rows:
             print(f"GPU {r['case']}: {r['epochs']} epochs, median epoch {r['epoch_s_median']:.2f} s ({r['device']})")
+    _write(result, a, started, done=True)
+    print(f"\nwrote {a.out} and {a.results} ({result['wall_s'] / 60:.1f} min)")
+
+
+def _write(result: dict[str, Any], a: argparse.Namespace, started: float, done: bool) -> None:
+    """Write both files; called after every row too, so a stopped run leaves what it measured (marked partial)."""
     result["wall_s"] = time.perf_counter() - started
+    result["complete"] = done
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     Path(a.results).write_text(_markdown(result))
-    print(f"\nwrote {a.out} and {a.results} ({result['wall_s'] / 60:.1f} min)")
 
 
 if __name__ == "__main__":
