@@ -55,5 +55,8 @@ def test_up_synthetic_loads_trains_and_serves(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     # exactly one model was trained and published
-    versions = sorted(p.name for p in (tmp_path / "art").iterdir() if not p.name.startswith((".", "latest")))
+    from movierec import artifacts
+
+    versions = artifacts.list_versions(tmp_path / "art")
     assert len(versions) == 1
+    assert (tmp_path / "art" / "reports" / versions[0] / "report.html").is_file()  # and its training report

@@ -227,7 +227,7 @@ def test_example_config_is_the_embedding_ablation_on_the_shared_ml100k():
         assert run.settings.split == "ml100k-fold" and run.settings.fold == "1" and run.settings.model == "mf"
         assert run.identity["data"] == "../../shared/data/movielens/ml-100k"
     data = Path(plan.base_settings.data)  # type: ignore[arg-type]
-    assert data == (REPO.parent / "shared/data/movielens/ml-100k").resolve()
+    assert data.resolve() == (REPO.parent / "shared/data/movielens/ml-100k").resolve()
     assert (data / "u1.base").is_file() and (data / "u1.test").is_file()
 
 

@@ -155,7 +155,8 @@ def read_sweep_config(path: Path) -> tuple[str, dict[str, Any], dict[str, list[A
 def _resolve_paths(values: dict[str, Any], root: Path) -> dict[str, Any]:
     """``data`` relative to the config's folder, so the sweep runs the same from any working directory."""
     if values.get("data") is not None and not Path(values["data"]).expanduser().is_absolute():
-        return {**values, "data": str((root / Path(values["data"])).resolve())}
+        # lexical, not resolve(): a symlinked data folder (CI's ../shared) must keep the path as written
+        return {**values, "data": os.path.normpath(os.path.abspath(root / Path(values["data"])))}
     return values
 
 
@@ -163,7 +164,8 @@ def _identity(settings: TrainSettings, root: Path) -> dict[str, Any]:
     """The settings that define what a run computes, as JSON; ``data`` relative to the config's folder."""
     values = settings.model_dump(mode="json", exclude=set(NOT_IN_RUN_ID))
     if values.get("data"):
-        values["data"] = Path(os.path.relpath(Path(values["data"]).resolve(), root.resolve())).as_posix()
+        data = os.path.normpath(os.path.abspath(Path(values["data"])))
+        values["data"] = Path(os.path.relpath(data, os.path.normpath(os.path.abspath(root)))).as_posix()
     return values
 
 
