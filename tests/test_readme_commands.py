@@ -59,6 +59,7 @@ EXERCISED: dict[str, list[str]] = {
         "tests/test_mf.py::test_cli_train_then_evaluate_and_bad_data_writes_nothing",
     ],
     "movierec synth --shape ml-1m --out /tmp/ml1m-synth": ["tests/test_readme_commands.py::test_synth_command"],
+    "movierec report artifacts": ["tests/test_report.py::test_movierec_report_redraws_from_the_artifact_folder"],
     "movierec sweep configs/ablation-embedding.toml": [
         "tests/test_sweep.py::test_example_config_is_the_embedding_ablation_on_the_shared_ml100k",
         "tests/test_sweep.py::test_ablation_writes_one_row_per_run_and_every_plot",
