@@ -32,6 +32,11 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio",
+        description="asyncio: fair under overload; uvloop: ~15% more requests/s, but at 256 connections on 2 "
+        "cores some connections waited seconds (bench/bench_load.py)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = Field(
         True, description="uvicorn's line per request; written at log_level info or debug only (see server.py)"

@@ -41,6 +41,11 @@ def serve(settings: ServiceSettings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # asyncio's loop, not uvloop, by default: measured with wrk -c256 on /health (10 s, 1 worker, this
+        # 2-core machine), uvloop served 6,389 req/s with p99 2.59 s and max 4.05 s (some connections starve
+        # under overload), asyncio 5,477 req/s with p99 121 ms and max 130 ms. The handler time was < 2 ms
+        # either way (the route's histogram): the wait was in the loop's scheduling of connections.
+        loop=settings.event_loop,
         log_level=settings.log_level,
         access_log=access_log_enabled(settings),
     )
