@@ -134,6 +134,18 @@ class RatingsSide:
             )
 
 
+def rating_sides(
+    train: RatingsData, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, RatingsSide, RatingsSide]:
+    """The training ratings' user and movie codes on ``device`` and their CSR layouts by user and by movie:
+    what the alternating solvers (``als`` here, ``bpmf``) iterate over, one side per half-step."""
+    users = torch.as_tensor(train.users, dtype=torch.int64, device=device)
+    items = torch.as_tensor(train.items, dtype=torch.int64, device=device)
+    return users, items, RatingsSide(users, items, train.n_users, train.n_items), RatingsSide(
+        items, users, train.n_items, train.n_users
+    )
+
+
 def normal_equations(
     side: RatingsSide, feats: torch.Tensor, targets: torch.Tensor, r0: int = 0, r1: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,10 +294,7 @@ class ALSModel(Recommender):
             self.mean, self.std = 0.0, 1.0
         z64 = (t - self.mean) / self.std
         z_all = z64.to(self.dtype)
-        users = torch.as_tensor(train.users, dtype=torch.int64, device=self.device)
-        items = torch.as_tensor(train.items, dtype=torch.int64, device=self.device)
-        by_user = RatingsSide(users, items, train.n_users, train.n_items)
-        by_item = RatingsSide(items, users, train.n_items, train.n_users)
+        users, items, by_user, by_item = rating_sides(train, self.device)
         z_user, z_item = z_all[by_user.order], z_all[by_item.order]
         self._train_side = (by_user, z64[by_user.order])
 

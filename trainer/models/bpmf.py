@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from trainer.data.dataset import RatingsData
-from trainer.models.als import GRAM_CHUNK_FLOATS, RatingsSide, normal_equations
+from trainer.models.als import GRAM_CHUNK_FLOATS, RatingsSide, normal_equations, rating_sides
 from trainer.models.base import ModelExport, Recommender, register
 from trainer.training import EpochMetrics, History, record_epoch
 
@@ -148,10 +148,7 @@ class BPMFModel(Recommender):
         ratings = torch.as_tensor(train.ratings, dtype=dt, device=dev)
         self.mean = float(ratings.mean())
         z = ratings - self.mean
-        users = torch.as_tensor(train.users, dtype=torch.int64, device=dev)
-        items = torch.as_tensor(train.items, dtype=torch.int64, device=dev)
-        by_user = RatingsSide(users, items, train.n_users, train.n_items)
-        by_item = RatingsSide(items, users, train.n_items, train.n_users)
+        users, items, by_user, by_item = rating_sides(train, dev)
         z_user, z_item = z[by_user.order], z[by_item.order]
         U = (torch.randn(train.n_users, p.dim, generator=gen, dtype=dt) * p.init_std).to(dev)
         V = (torch.randn(train.n_items, p.dim, generator=gen, dtype=dt) * p.init_std).to(dev)
