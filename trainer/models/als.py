@@ -141,8 +141,11 @@ def rating_sides(
     what the alternating solvers (``als`` here, ``bpmf``) iterate over, one side per half-step."""
     users = torch.as_tensor(train.users, dtype=torch.int64, device=device)
     items = torch.as_tensor(train.items, dtype=torch.int64, device=device)
-    return users, items, RatingsSide(users, items, train.n_users, train.n_items), RatingsSide(
-        items, users, train.n_items, train.n_users
+    return (
+        users,
+        items,
+        RatingsSide(users, items, train.n_users, train.n_items),
+        RatingsSide(items, users, train.n_items, train.n_users),
     )
 
 

@@ -64,9 +64,7 @@ class BPMFParams:
         return cls(dim=s.dim, iterations=s.epochs, burn_in=s.bpmf_burn_in, keep=s.bpmf_keep, alpha=s.bpmf_alpha)
 
 
-def sample_normal_wishart(
-    x: np.ndarray, beta0: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def sample_normal_wishart(x: np.ndarray, beta0: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``(mu, Lambda)`` from the Normal-Wishart posterior given rows ``x`` (n, d), prior mu_0 = 0,
     nu_0 = d, W_0 = I. Lambda by the Bartlett decomposition (no scipy in the trainer's hot loop)."""
     n, d = x.shape
@@ -180,7 +178,8 @@ class BPMFModel(Recommender):
                 if has_valid:
                     valid_sum += (U[vu] * V[vi]).sum(1)
                     avg = (self.mean + valid_sum / (it - p.burn_in)).clamp(*self._clip)
-                    valid_rmse = float((avg - torch.as_tensor(valid.ratings, dtype=dt, device=dev)).pow(2).mean().sqrt())
+                    truth = torch.as_tensor(valid.ratings, dtype=dt, device=dev)
+                    valid_rmse = float((avg - truth).pow(2).mean().sqrt())
             m = EpochMetrics(
                 epoch=it,
                 train_loss=train_rmse**2,
