@@ -14,7 +14,6 @@ specific inputs attackers and buggy clients send.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import uvicorn
 from movierec import artifacts
 from service.app import create_app
 from tests.test_service_api import make_settings, trained  # noqa: F401  (module-scoped fixture)
+from tests.test_service_uvicorn import free_port
 
 API_KEY = "test-key"
 MAX_K = 50
@@ -42,12 +42,6 @@ class Server:
     art: artifacts.ModelArtifact
     user: int  # a user the model knows
     movie: int  # a movie the model knows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def server(trained, tmp_path_factory) -> Iterator[Server]:  # noqa: F811
     load_into_store(load_dataset(trained[0]), engine)
     engine.dispose()
     settings = make_settings(trained[1], url, max_k=MAX_K, max_batch=MAX_BATCH, api_key=API_KEY)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)

@@ -19,27 +19,12 @@ import torch
 
 from movierec import artifacts
 from tests.shared_data import shared_movielens
+from tests.test_als import _rmse, planted, split  # noqa: F401  (the same planted data and split as ALS)
 from trainer.config import load_settings
-from trainer.data.synth import generate, write_movielens
+from trainer.data.synth import write_movielens
 from trainer.models.als import RatingsSide
 from trainer.models.bpmf import BPMFModel, BPMFParams, sample_normal_wishart, sample_rows
 from trainer.pipeline import train
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return generate(300, 200, 30000, rank=4, noise=0.2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def split(planted):
-    data = planted.data
-    test_mask = np.random.default_rng(0).random(len(data)) < 0.1
-    return data.subset(~test_mask), data.subset(test_mask)
-
-
-def _rmse(a, b) -> float:
-    return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - b) ** 2)))
 
 
 def _fit(tr, valid=None, seed: int = 0, **kw) -> BPMFModel:
@@ -89,7 +74,7 @@ def test_row_draws_follow_the_conditional_gaussian():
     np.testing.assert_allclose(np.cov(draws.T), cov, atol=0.05 * np.abs(cov).max())
 
 
-def test_bpmf_recovers_planted_structure_near_noise_floor(planted, split):
+def test_bpmf_recovers_planted_structure_near_noise_floor(planted, split):  # noqa: F811
     tr, te = split
     model = _fit(tr, te)
     rmse = _rmse(model.predict(te.users, te.items), te.ratings)
@@ -100,7 +85,7 @@ def test_bpmf_recovers_planted_structure_near_noise_floor(planted, split):
     assert model.U is not None and model.U.shape == (tr.n_users, 6 * 8)  # 8 kept samples, concatenated
 
 
-def test_history_reports_the_running_average(split):
+def test_history_reports_the_running_average(split):  # noqa: F811
     tr, te = split
     model = BPMFModel(BPMFParams(dim=4, iterations=15, burn_in=5, keep=4, alpha=20.0), torch.device("cpu"),
                       torch.Generator().manual_seed(0))  # fmt: skip
@@ -111,14 +96,14 @@ def test_history_reports_the_running_average(split):
     assert epochs[-1].valid_rmse < epochs[0].train_rmse
 
 
-def test_fit_is_seeded(split):
+def test_fit_is_seeded(split):  # noqa: F811
     tr, te = split
     a, b, c = _fit(tr), _fit(tr), _fit(tr, seed=1)
     np.testing.assert_array_equal(a.predict(te.users, te.items), b.predict(te.users, te.items))
     assert not np.array_equal(a.predict(te.users, te.items), c.predict(te.users, te.items))
 
 
-def test_artifact_serves_the_averaged_prediction(tmp_path, planted):
+def test_artifact_serves_the_averaged_prediction(tmp_path, planted):  # noqa: F811
     out = tmp_path / "synth"
     write_movielens(planted.data, out)
     settings = load_settings(None, data=out, model="bpmf", artifacts_dir=tmp_path / "art", epochs=30, dim=6,

@@ -40,7 +40,7 @@ from tests.compose_model import (
     volume_mounts,
 )
 from tests.readme import readme_commands
-from tests.test_service_uvicorn import free_port
+from tests.test_service_uvicorn import free_port, stop
 from trainer.data.synth import generate, write_movielens
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -217,9 +217,4 @@ def test_compose_flow_load_train_serve_retrain_hot_swap(postgres_url, tmp_path):
             assert http.get(f"/users/{user}/recommendations", params={"k": 5}).status_code == 200
             assert proc.poll() is None, "the API was restarted or died"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)

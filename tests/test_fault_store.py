@@ -40,7 +40,7 @@ from movierec import artifacts
 from service.app import create_app
 from tests.conftest import postgres_admin_url
 from tests.test_service_api import make_settings, trained  # noqa: F401  (module-scoped fixture)
-from tests.test_service_uvicorn import free_port, wait_ready
+from tests.test_service_uvicorn import free_port, stop, wait_ready
 
 API_KEY = "test-key"
 WRITE_HEADERS = {"X-API-Key": API_KEY}
@@ -314,12 +314,7 @@ def serve(art_dir: Path, db_url: str, log: Path) -> Iterator[tuple[str, subproce
         wait_ready(base, proc)
         yield base, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.mark.postgres

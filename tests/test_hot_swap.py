@@ -25,7 +25,7 @@ import pytest
 
 from movierec import artifacts
 from tests.test_service_api import trained  # noqa: F401  (module-scoped fixture: a trained artifact)
-from tests.test_service_uvicorn import free_port, wait_ready
+from tests.test_service_uvicorn import free_port, stop, wait_ready
 
 N_VERSIONS = 10
 N_CLIENTS = 6
@@ -187,12 +187,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path, train
         sys.stderr.write(f"--- movierec serve log ---\n{log.read_text()}\n")
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
     assert len(published) == N_VERSIONS
     assert hammer.failures == [], f"{len(hammer.failures)} failed of {hammer.requests}: {hammer.failures[:10]}"

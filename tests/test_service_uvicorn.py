@@ -36,6 +36,16 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 30.0) -> None
     raise AssertionError("server did not become ready")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it has not exited within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
 def test_movierec_serve_answers_over_real_http(tmp_path, trained):  # noqa: F811
     _, art_dir = trained
