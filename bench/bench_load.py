@@ -404,7 +404,8 @@ def print_case(c: dict[str, Any]) -> None:
           f"p99 {c['p99_ms']:.1f} ms  max {c['max_ms']:.0f} ms")  # fmt: skip
     if c.get("warmup"):
         w = c["warmup"]
-        print(f"  warm-up: {w['seconds']} s of the same mix, {w['requests']} requests, socket errors {w['socket_errors']}")
+        print(f"  warm-up: {w['seconds']} s of the same mix, {w['requests']} requests, "
+              f"socket errors {w['socket_errors']}")  # fmt: skip
     print(f"  socket errors: connect {e['connect']}  read {e['read']}  write {e['write']}  timeout (>10 s) "
           f"{e['timeout']}")  # fmt: skip
     print(f"  {'endpoint':<18}{'sent':>9}{'2xx':>9}{'non-2xx':>9}")

@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from peak_rss import peak_rss_mib  # the bench folder is on sys.path when these run as scripts
+
 SHAPES = {"ml-1m": (6040, 3706, 1_000_209), "ml-25m": (162_541, 59_047, 25_000_095)}
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _quality_case(kind: str, fold: str, shared: str, device: str) -> dict[str, Any]:
@@ -54,7 +51,7 @@ def _quality_case(kind: str, fold: str, shared: str, device: str) -> dict[str, A
     secs = time.perf_counter() - t0
     m = rating_metrics(test.ratings, model.predict(test.users, test.items))
     return {"case": f"{kind} {'u' + fold if fold else 'random 90/10'}", "rmse": m["rmse"], "mae": m["mae"],
-            "train_s": secs, "epochs": len(history.epochs), "peak_rss_mib": _peak_rss_mib(),
+            "train_s": secs, "epochs": len(history.epochs), "peak_rss_mib": peak_rss_mib(),
             "n_train": len(fit_on), "n_test": int(len(test)), "mean_rating": float(np.mean(test.ratings)),
             "device": describe(dev)}  # fmt: skip
 
@@ -91,7 +88,7 @@ def _speed_case(shape: str, epochs: int | None, device: str) -> dict[str, Any]:
                 s.batch_size, len(fit_on)), "epochs": len(history.epochs), "epoch_s_median": statistics.median(
                 epoch_s), "epoch_s_max": max(epoch_s), "train_s": secs,
             "ratings_per_s": len(fit_on) * len(history.epochs) / secs, "rmse": m["rmse"],
-            "noise_floor_rmse": floor, "generate_s": gen_s, "peak_rss_mib": _peak_rss_mib(),
+            "noise_floor_rmse": floor, "generate_s": gen_s, "peak_rss_mib": peak_rss_mib(),
             "device": describe(dev)}  # fmt: skip
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from peak_rss import peak_rss_mib  # the bench folder is on sys.path when these run as scripts
 
 KINDS = ("mf", "als", "bpmf", "gravity", "softmax", "sequence")
 SHARED = Path(__file__).resolve().parents[2] / "shared/data/movielens"
@@ -45,7 +46,7 @@ def _case(kind: str, spec: dict[str, Any], shared: str, q: mp.Queue) -> None:  #
     row = result.metrics["test"]["model"]
     q.put({"rmse": row["rmse"], "mae": row["mae"], "accuracy": row["accuracy"], "recall@20": row["recall@20"],
            "ndcg@20": row["ndcg@20"], "train_s": result.train_seconds,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})  # fmt: skip
+           "peak_rss_mib": peak_rss_mib()})  # fmt: skip
 
 
 def _speed(kind: str, q: mp.Queue) -> None:  # type: ignore[type-arg]

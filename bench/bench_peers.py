@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_mf  # noqa: E402
 import bench_models  # noqa: E402
+from peak_rss import peak_rss_mib  # noqa: E402
 
 PEER_SPLITS = ("ml100k-u", "small-random")
 PEERS = ("svd", "svdpp")
@@ -53,10 +53,6 @@ PUBLISHED = [
     ("ml-1m", "SVD++ (cache_ratings=True)", 0.862, 0.672, "0:34:55"),
     ("ml-1m", "Baseline (BaselineOnly)", 0.909, 0.719, "0:00:19"),
 ]
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _surprise_case(algo: str, spec: dict[str, Any], shared: str, export: str, seed: int, q: Any) -> None:
@@ -93,7 +89,7 @@ def _surprise_case(algo: str, spec: dict[str, Any], shared: str, export: str, se
     test_s = time.perf_counter() - t0
     q.put({"rmse": accuracy.rmse(preds, verbose=False), "mae": accuracy.mae(preds, verbose=False),
            "train_s": fit_s, "test_s": test_s, "load_s": load_s, "n_train": trainset.n_ratings,
-           "n_test": len(testset), "peak_rss_mib": _peak_rss_mib()})  # fmt: skip
+           "n_test": len(testset), "peak_rss_mib": peak_rss_mib()})  # fmt: skip
 
 
 def _our_split(spec: dict[str, Any], shared: str) -> tuple[Any, Any]:
@@ -127,8 +123,8 @@ def _check_fold(spec: dict[str, Any], shared: str) -> dict[str, Any]:
 
 
 def _prepare(spec: dict[str, Any], shared: str, path: str, q: Any) -> None:
-    """In a fresh process: the parent must stay light, because a spawned child's ru_maxrss starts from the
-    RSS of the parent it was forked from (kept across exec), which would inflate every case's peak."""
+    """In a fresh process, so the parent stays light (no torch, no pandas): where peak_rss falls back to
+    ru_maxrss (not Linux), a spawned child's peak starts from its parent's."""
     q.put(_export(spec, shared, Path(path)) if spec["split"] == "random" else _check_fold(spec, shared))
 
 

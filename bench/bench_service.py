@@ -20,7 +20,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from peak_rss import peak_rss_mib  # the bench folder is on sys.path when these run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared/data/movielens"
@@ -175,18 +176,6 @@ def load_case(name: str, work: Path, seconds: int, conns: int, workers: int) -> 
         r["vs_trivial"] = r["rps"] / rows["trivial"]["rps"]
     return {"dataset": name, "workers": workers, "connections": conns, "process_start_to_ready_s": startup,
             "endpoints": rows}  # fmt: skip
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; ``ru_maxrss``
-    carries the parent's peak across fork + exec, so a spawned child would report the bench's own."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _startup_child(root: str, q: mp.Queue) -> None:  # type: ignore[type-arg]
