@@ -443,9 +443,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
     worker_counts = [int(w) for w in a.workers.split(",") if w.strip()]
-    command = shlex.join(["python", "bench/bench_load.py", "--duration", str(a.duration), "--warmup", str(a.warmup), "--connections",
-                          str(a.connections), "--threads", str(a.threads), "--workers", a.workers, "--seed",
-                          str(a.seed)])  # fmt: skip
+    command = shlex.join(["python", "bench/bench_load.py", "--duration", str(a.duration), "--warmup", str(a.warmup),
+                          "--connections", str(a.connections), "--threads", str(a.threads), "--workers", a.workers,
+                          "--seed", str(a.seed)])  # fmt: skip
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="movierec-load-"))
     cases = []
