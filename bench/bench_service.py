@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from peak_rss import peak_rss_mib  # the bench folder is on sys.path when these run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
